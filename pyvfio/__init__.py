@@ -1,0 +1,47 @@
+"""pyvfio: drive real devices from Python through VFIO, iommufd, vhost, vDPA and UIO.
+
+The layers, from the kernel up:
+
+- :mod:`pyvfio.uapi` — the uAPI headers compiled with cffi (``ffi``, ``lib``);
+- :mod:`pyvfio.syscalls` — every system call, errno → :mod:`pyvfio.errors`;
+- :mod:`pyvfio.argsz` — VFIO's argsz protocol and capability chains;
+- objects named after kernel concepts (``Container``, ``Group``, ``Device``,
+  ``Region``, ``Irq``, ``DmaBuffer``, ``IommuFd`` …), imported lazily from here;
+- the ``pyvfio`` command line and :mod:`pyvfio.lab`.
+
+``import pyvfio`` loads nothing heavy: names are resolved on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "PyvfioError": "errors",
+    "PciDevice": "pci",
+    "Container": "container",
+    "Group": "group",
+    "IommuFd": "iommufd",
+    "Device": "device",
+    "Region": "region",
+    "Irq": "irq",
+    "DmaBuffer": "dma",
+    "IovaAllocator": "dma",
+    "open_device": "device",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyvfio' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + list(_LAZY))

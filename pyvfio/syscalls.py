@@ -1,0 +1,297 @@
+"""The one place where pyvfio makes system calls.
+
+Every open, close, ioctl, mmap, munmap, pread, pwrite, read, write, eventfd
+and poll of the library goes through the functions of this module.  They hand
+the call to the current *backend*: :class:`Kernel` (the real system calls) by
+default, or a stand-in such as :class:`pyvfio.mock.MockKernel` installed with
+:func:`use`.  Failures become :mod:`pyvfio.errors` exceptions that name the
+call, the path of the file descriptor and a remedy.
+
+The module also keeps account of the descriptors and mappings it handed out,
+so that tests (and users) can check that nothing leaked: :func:`open_fds`,
+:func:`live_mappings`.
+"""
+from __future__ import annotations
+
+import contextlib
+import mmap as _mmap
+import os
+import select
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from . import errors
+
+__all__ = [
+    "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
+    "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
+    "open_fds", "live_mappings", "ioctl_name",
+]
+
+
+class Kernel:
+    """The real kernel: thin calls into libc and the os module."""
+
+    name = "real"
+
+    def __init__(self) -> None:
+        from .uapi import ffi, lib  # the compiled binding; loaded on first use
+        self._ffi = ffi
+        self._lib = lib
+        self._null = ffi.NULL
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def ioctl(self, fd: int, request: int, arg: Any) -> int:
+        """ioctl(2) with ``arg`` a cdata pointer, an int, or None."""
+        if arg is None:
+            arg = self._null
+        elif isinstance(arg, int):
+            arg = self._ffi.cast("void *", arg)
+        ret = self._lib.pyvfio_ioctl(fd, request, arg)
+        if ret < 0:
+            err = self._ffi.errno
+            raise OSError(err, os.strerror(err))
+        return ret
+
+    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int) -> _mmap.mmap:
+        return _mmap.mmap(fd, length, flags=flags, prot=prot, offset=offset)
+
+    def munmap(self, mapping: _mmap.mmap) -> None:
+        mapping.close()
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return os.pread(fd, size, offset)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    def read(self, fd: int, size: int) -> bytes:
+        return os.read(fd, size)
+
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def eventfd(self, initval: int, flags: int) -> int:
+        fd = self._lib.eventfd(initval, flags | os.O_CLOEXEC)
+        if fd < 0:
+            err = self._ffi.errno
+            raise OSError(err, os.strerror(err))
+        return fd
+
+    def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
+        p = select.poll()
+        for fd, events in fds:
+            p.register(fd, events)
+        return p.poll(timeout_ms)
+
+
+_backend: Any = None
+_lock = threading.Lock()
+_fds: Dict[int, str] = {}            # fd -> path (or a description)
+_maps: Dict[int, Tuple[Any, str]] = {}  # id(mapping) -> (mapping, description)
+
+
+def backend() -> Any:
+    """The backend now in use (created on first use)."""
+    global _backend
+    if _backend is None:
+        _backend = Kernel()
+    return _backend
+
+
+@contextlib.contextmanager
+def use(new_backend: Any) -> Iterator[Any]:
+    """Make ``new_backend`` take every system call inside the ``with`` block."""
+    global _backend
+    old = _backend
+    _backend = new_backend
+    try:
+        yield new_backend
+    finally:
+        _backend = old
+
+
+def path_of(fd: int) -> Optional[str]:
+    """The path an fd of ours was opened with, for messages."""
+    return _fds.get(fd)
+
+
+def open_fds() -> Dict[int, str]:
+    """The descriptors opened here and not yet closed (fd -> path)."""
+    with _lock:
+        return dict(_fds)
+
+
+def live_mappings() -> List[str]:
+    """Descriptions of the mappings made here and not yet unmapped."""
+    with _lock:
+        return [desc for _, desc in _maps.values()]
+
+
+def _fail(exc: OSError, op: str, path: Optional[str], device: Optional[str],
+          remedy: Optional[str] = None, dma: bool = False) -> errors.PyvfioError:
+    if isinstance(exc, errors.PyvfioError):
+        return exc
+    err = exc.errno if exc.errno is not None else 0
+    return errors.from_errno(err, op=op, path=path, device=device, remedy=remedy, dma=dma)
+
+
+def open(path: str, flags: int = os.O_RDWR, *, device: Optional[str] = None) -> int:  # noqa: A001
+    """open(2) a device node or file; the fd is remembered until :func:`close`."""
+    try:
+        fd = backend().open(path, flags)
+    except OSError as exc:
+        raise _fail(exc, "open", path, device) from None
+    with _lock:
+        _fds[fd] = path
+    return fd
+
+
+def adopt(fd: int, description: str) -> int:
+    """Account for an fd the kernel handed out (e.g. by an ioctl) so it is closed like ours."""
+    with _lock:
+        _fds[fd] = description
+    return fd
+
+
+def close(fd: int) -> None:
+    """close(2); closing an fd twice is refused rather than closing a stranger's fd."""
+    with _lock:
+        path = _fds.pop(fd, None)
+    if path is None:
+        raise errors.ClosedError(f"file descriptor {fd}", op="close")
+    try:
+        backend().close(fd)
+    except OSError as exc:
+        raise _fail(exc, "close", path, None) from None
+
+
+_names: Optional[Dict[int, str]] = None
+
+
+def ioctl_name(request: int) -> str:
+    """The uAPI name of an ioctl request number (for messages)."""
+    global _names
+    if _names is None:
+        from . import uapi
+        _names = {}
+        for name in uapi.IOCTLS:
+            _names.setdefault(getattr(uapi.lib, name), name)
+    return _names.get(request, f"ioctl {request:#x}")
+
+
+def ioctl(fd: int, request: int, arg: Any = None, *, device: Optional[str] = None,
+          remedy: Optional[str] = None, dma: bool = False) -> int:
+    """ioctl(2): ``arg`` is a cffi pointer (the kernel reads/writes it in place) or an int.
+
+    ``dma=True`` tells the error mapping that the call pins memory.
+    """
+    try:
+        return backend().ioctl(fd, request, arg)
+    except OSError as exc:
+        raise _fail(exc, ioctl_name(request), _fds.get(fd, f"fd {fd}"), device,
+                    remedy, dma) from None
+
+
+def mmap(fd: int, length: int, offset: int = 0, *, prot: int = _mmap.PROT_READ | _mmap.PROT_WRITE,
+         flags: int = _mmap.MAP_SHARED, device: Optional[str] = None,
+         what: str = "mapping") -> _mmap.mmap:
+    """mmap(2) ``length`` bytes of ``fd`` at ``offset`` (fd -1: anonymous memory)."""
+    try:
+        m = backend().mmap(fd, length, prot, flags, offset)
+    except (OSError, ValueError) as exc:
+        err = getattr(exc, "errno", None) or 22
+        raise errors.from_errno(err, op="mmap", path=_fds.get(fd, f"fd {fd}"),
+                                device=device) from None
+    with _lock:
+        _maps[id(m)] = (m, f"{what}: {length:#x} bytes of {_fds.get(fd, 'anonymous memory')}"
+                           f" at {offset:#x}")
+    return m
+
+
+def munmap(mapping: _mmap.mmap) -> None:
+    """munmap(2) a mapping made by :func:`mmap`.
+
+    Refused with a clear error while Python objects (memoryviews) still point
+    into it: unmapping then would turn their next access into a crash.
+    """
+    with _lock:
+        entry = _maps.get(id(mapping))
+    try:
+        backend().munmap(mapping)
+    except BufferError:
+        raise errors.BusyError(
+            "memory is still exported to Python objects",
+            op="munmap", path=entry[1] if entry else None,
+            remedy="release memoryviews and numpy arrays taken from the buffer "
+                   "(`del view` or `view.release()`) before closing it") from None
+    with _lock:
+        _maps.pop(id(mapping), None)
+
+
+def pread(fd: int, size: int, offset: int, *, device: Optional[str] = None) -> bytes:
+    """pread(2): read ``size`` bytes at ``offset``."""
+    try:
+        data = backend().pread(fd, size, offset)
+    except OSError as exc:
+        raise _fail(exc, "pread", _fds.get(fd, f"fd {fd}"), device) from None
+    if len(data) != size:
+        raise errors.OutOfBoundsError(
+            f"short read: {len(data)} of {size} bytes at {offset:#x}",
+            op="pread", path=_fds.get(fd), device=device)
+    return data
+
+
+def pwrite(fd: int, data: Union[bytes, bytearray, memoryview], offset: int, *,
+           device: Optional[str] = None) -> int:
+    """pwrite(2): write ``data`` at ``offset``."""
+    try:
+        n = backend().pwrite(fd, data, offset)
+    except OSError as exc:
+        raise _fail(exc, "pwrite", _fds.get(fd, f"fd {fd}"), device) from None
+    if n != len(data):
+        raise errors.OutOfBoundsError(
+            f"short write: {n} of {len(data)} bytes at {offset:#x}",
+            op="pwrite", path=_fds.get(fd), device=device)
+    return n
+
+
+def read(fd: int, size: int, *, device: Optional[str] = None) -> bytes:
+    """read(2)."""
+    try:
+        return backend().read(fd, size)
+    except OSError as exc:
+        raise _fail(exc, "read", _fds.get(fd, f"fd {fd}"), device) from None
+
+
+def write(fd: int, data: bytes, *, device: Optional[str] = None) -> int:
+    """write(2)."""
+    try:
+        return backend().write(fd, data)
+    except OSError as exc:
+        raise _fail(exc, "write", _fds.get(fd, f"fd {fd}"), device) from None
+
+
+def eventfd(initval: int = 0, flags: int = 0, *, what: str = "eventfd") -> int:
+    """eventfd(2); the fd is accounted like an opened one and closed with :func:`close`."""
+    try:
+        fd = backend().eventfd(initval, flags)
+    except OSError as exc:
+        raise _fail(exc, "eventfd", None, None) from None
+    with _lock:
+        _fds[fd] = what
+    return fd
+
+
+def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple[int, int]]:
+    """poll(2) on (fd, events) pairs; ``timeout`` in seconds, None waits forever."""
+    ms = None if timeout is None else max(0, int(timeout * 1000))
+    try:
+        return backend().poll(fds, ms)
+    except OSError as exc:
+        raise _fail(exc, "poll", None, None) from None
