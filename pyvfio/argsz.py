@@ -27,15 +27,15 @@ _MAX_ARGSZ = 1 << 20        # a kernel answer larger than this is a bug, not dat
 class Info:
     """An info struct as the kernel filled it, with the bytes behind it.
 
-    ``struct`` is a cdata pointer to the info struct; ``size`` the number of
-    valid bytes (its final ``argsz``).  Attribute access goes to the struct.
+    ``struct`` is a cdata pointer to the info struct; ``nbytes`` the number of
+    valid bytes (its final ``argsz``).  Other attributes are the struct's.
     """
 
-    __slots__ = ("struct", "size", "_keep")
+    __slots__ = ("struct", "nbytes", "_keep")
 
-    def __init__(self, struct: Any, size: int, keep: Any) -> None:
+    def __init__(self, struct: Any, nbytes: int, keep: Any) -> None:
         self.struct = struct
-        self.size = size
+        self.nbytes = nbytes
         self._keep = keep
 
     def __getattr__(self, name: str) -> Any:
@@ -43,7 +43,7 @@ class Info:
 
     def raw(self) -> bytes:
         """The whole answer, capabilities included."""
-        return bytes(ffi.buffer(self.struct, self.size))
+        return bytes(ffi.buffer(self.struct, self.nbytes))
 
 
 class Cap(NamedTuple):
@@ -55,10 +55,16 @@ class Cap(NamedTuple):
 
 
 def new(ctype: str, **fields: Any) -> Any:
-    """``ffi.new(ctype *)`` with ``argsz`` set (if it has one) and ``fields`` filled."""
+    """``ffi.new(ctype *)`` with its size field set and ``fields`` filled.
+
+    VFIO structs say their size in ``argsz``; iommufd structs in ``size``.
+    """
     p = ffi.new(ctype + " *")
-    if "argsz" in _fieldnames(ctype):
+    names = _fieldnames(ctype)
+    if "argsz" in names:
         p.argsz = ffi.sizeof(ctype)
+    elif ctype.startswith("struct iommu_") and "size" in names:
+        p.size = ffi.sizeof(ctype)
     for k, v in fields.items():
         setattr(p, k, v)
     return p
@@ -74,15 +80,15 @@ def _fieldnames(ctype: str) -> frozenset:
     return names
 
 
-def new_var(ctype: str, array: str, count: int, **fields: Any) -> Any:
-    """A struct ending in a flexible array ``array`` with room for ``count`` items.
+def new_var(ctype: str, array: str, items: int, /, **fields: Any) -> Any:
+    """A struct ending in a flexible array ``array`` with room for ``items`` items.
 
     ``argsz`` covers the struct and the items.  The returned pointer owns the
     memory; keep it alive while the kernel uses it.
     """
     item = ffi.typeof(ctype).fields
     elem = dict(item)[array].type.item
-    size = ffi.offsetof(ctype, array) + count * ffi.sizeof(elem)
+    size = ffi.offsetof(ctype, array) + items * ffi.sizeof(elem)
     size = max(size, ffi.sizeof(ctype))
     buf = ffi.new("char[]", size)
     p = ffi.cast(ctype + " *", buf)
@@ -155,9 +161,9 @@ def caps(info: Info, cap_offset: int, types: Mapping[int, str]) -> Iterator[Cap]
     off = cap_offset
     hdr_size = ffi.sizeof("struct vfio_info_cap_header")
     while off:
-        if off in seen or off < hdr_size or off + hdr_size > info.size:
+        if off in seen or off < hdr_size or off + hdr_size > info.nbytes:
             raise errors.InvalidArgumentError(
-                f"malformed capability chain (offset {off} in {info.size} bytes)")
+                f"malformed capability chain (offset {off} in {info.nbytes} bytes)")
         seen.add(off)
         hdr = ffi.cast("struct vfio_info_cap_header *", base + off)
         ctype = types.get(hdr.id, "struct vfio_info_cap_header")
@@ -167,17 +173,19 @@ def caps(info: Info, cap_offset: int, types: Mapping[int, str]) -> Iterator[Cap]
 
 def call_growing(fd: int, request: int, make: Any, count_of: Any, *,
                  grow_errnos: tuple = (_errno.ENOSPC, _errno.EMSGSIZE),
-                 device: Optional[str] = None, start: int = 8) -> Any:
+                 device: Optional[str] = None, start: int = 8,
+                 ptr_of: Any = None) -> Any:
     """Call an ioctl that reports "too small" with an errno and the count it needs.
 
     ``make(count)`` builds the argument for room for ``count`` items;
-    ``count_of(arg)`` reads back how many the kernel has.  Used for
+    ``count_of(arg)`` reads back how many the kernel has; ``ptr_of(arg)``
+    gives the pointer to pass when ``make`` returns more than one object.  Used for
     PCI_HOT_RESET_INFO (ENOSPC) and IOMMU_IOAS_IOVA_RANGES (EMSGSIZE).
     """
     count = start
     for _ in range(4):
         arg = make(count)
-        ptr = arg.ptr if isinstance(arg, _Owned) else arg
+        ptr = ptr_of(arg) if ptr_of else (arg.ptr if isinstance(arg, _Owned) else arg)
         try:
             syscalls.ioctl(fd, request, ptr, device=device)
             return arg

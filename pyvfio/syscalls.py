@@ -171,18 +171,43 @@ def close(fd: int) -> None:
         raise _fail(exc, "close", path, None) from None
 
 
-_names: Optional[Dict[int, str]] = None
+_names: Optional[Dict[int, List[str]]] = None
+
+# Which ioctl names fit which node: VFIO reuses request numbers across
+# container, group and device fds, so the number alone is ambiguous.
+_NODE_PREFIXES = (
+    ("/dev/vfio/vfio", ("VFIO_IOMMU_", "VFIO_GET_API", "VFIO_CHECK_EXT", "VFIO_SET_IOMMU")),
+    ("/dev/vfio/devices/", ("VFIO_DEVICE_",)),
+    ("/dev/iommu", ("IOMMU_",)),
+    ("/dev/vhost", ("VHOST_",)),
+    ("/dev/uio", ("UIO_",)),
+    ("/dev/kvm", ("KVM_",)),
+    ("/dev/vfio/", ("VFIO_GROUP_", "VFIO_DEVICE_")),
+)
 
 
-def ioctl_name(request: int) -> str:
-    """The uAPI name of an ioctl request number (for messages)."""
+def ioctl_name(request: int, path: Optional[str] = None) -> str:
+    """The uAPI name of an ioctl request number on the node ``path`` (for messages)."""
     global _names
     if _names is None:
         from . import uapi
-        _names = {}
+        table: Dict[int, List[str]] = {}
         for name in uapi.IOCTLS:
-            _names.setdefault(getattr(uapi.lib, name), name)
-    return _names.get(request, f"ioctl {request:#x}")
+            table.setdefault(getattr(uapi.lib, name), []).append(name)
+        _names = table
+    names = _names.get(request)
+    if not names:
+        return f"ioctl {request:#x}"
+    if path and len(names) > 1:
+        for node, prefixes in _NODE_PREFIXES:
+            if node in path:
+                if node == "/dev/vfio/" and ":" not in path:
+                    prefixes = ("VFIO_GROUP_",)
+                for n in names:
+                    if n.startswith(prefixes):
+                        return n
+                break
+    return names[0]
 
 
 def ioctl(fd: int, request: int, arg: Any = None, *, device: Optional[str] = None,
@@ -194,8 +219,8 @@ def ioctl(fd: int, request: int, arg: Any = None, *, device: Optional[str] = Non
     try:
         return backend().ioctl(fd, request, arg)
     except OSError as exc:
-        raise _fail(exc, ioctl_name(request), _fds.get(fd, f"fd {fd}"), device,
-                    remedy, dma) from None
+        path = _fds.get(fd, f"fd {fd}")
+        raise _fail(exc, ioctl_name(request, path), path, device, remedy, dma) from None
 
 
 def mmap(fd: int, length: int, offset: int = 0, *, prot: int = _mmap.PROT_READ | _mmap.PROT_WRITE,

@@ -1,0 +1,381 @@
+"""A VFIO device: the fd through which a userspace driver owns one device.
+
+The fd comes either from a group (``VFIO_GROUP_GET_DEVICE_FD``, legacy
+container path) or from the device's cdev ``/dev/vfio/devices/vfioN`` bound
+to an iommufd (``VFIO_DEVICE_BIND_IOMMUFD`` + ``VFIO_DEVICE_ATTACH_IOMMUFD_PT``).
+Either way the device offers the same things: regions, interrupts, reset and
+features; and either way ``device.dma`` is the I/O address space its DMA
+goes through.
+
+:func:`open_device` picks the path (iommufd when ``/dev/iommu`` and the cdev
+exist), opens everything needed, and the returned :class:`Device` closes all
+of it, in order, when it is closed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+
+from . import argsz, errors, syscalls
+from .iommu import IoAddressSpace
+from .irq import Irq
+from .region import Region
+from .uapi import ffi, lib
+
+__all__ = ["Device", "DeviceInfo", "HotResetDevice", "open_device"]
+
+
+class DeviceInfo(NamedTuple):
+    flags: int
+    num_regions: int
+    num_irqs: int
+
+    @property
+    def is_pci(self) -> bool:
+        return bool(self.flags & lib.VFIO_DEVICE_FLAGS_PCI)
+
+    @property
+    def can_reset(self) -> bool:
+        return bool(self.flags & lib.VFIO_DEVICE_FLAGS_RESET)
+
+
+class HotResetDevice(NamedTuple):
+    """One device a hot reset would affect (``VFIO_DEVICE_GET_PCI_HOT_RESET_INFO``)."""
+    group_id: int
+    segment: int
+    bus: int
+    devfn: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
+
+
+class Device:
+    """An open VFIO device.
+
+    ``owned`` are objects opened for this device (group, container, iommufd)
+    that :meth:`close` closes after the device fd, last first.
+    """
+
+    def __init__(self, fd: int, name: str, *, dma: Optional[IoAddressSpace] = None,
+                 group: Any = None, owned: Sequence[Any] = (), path: Optional[str] = None) -> None:
+        self.fd: Optional[int] = fd
+        self.name = name
+        self.path = path
+        self.dma = dma
+        self.group = group
+        self.dev_id: Optional[int] = None
+        self._owned = list(owned)
+        self._regions: Dict[int, Region] = {}
+        self._irqs: Dict[int, Irq] = {}
+        self._config = None
+        try:
+            self.info = self._get_info()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- state ------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.fd is None
+
+    def _check_open(self) -> int:
+        if self.fd is None:
+            raise errors.ClosedError(f"VFIO device {self.name}")
+        return self.fd
+
+    def _get_info(self) -> DeviceInfo:
+        info = argsz.get_info(self._check_open(), lib.VFIO_DEVICE_GET_INFO,
+                              "struct vfio_device_info", device=self.name)
+        return DeviceInfo(info.flags, info.num_regions, info.num_irqs)
+
+    # -- regions ------------------------------------------------------------------
+    def region(self, index: int) -> Region:
+        """Region ``index`` (cached); see VFIO_PCI_*_REGION_INDEX."""
+        self._check_open()
+        r = self._regions.get(index)
+        if r is None:
+            if not 0 <= index < self.info.num_regions:
+                raise errors.OutOfBoundsError(
+                    f"region {index} does not exist ({self.info.num_regions} regions)",
+                    device=self.name)
+            r = self._regions[index] = Region(self, index)
+        return r
+
+    def bar(self, n: int, *, mmap: bool = True) -> Region:
+        """PCI BAR ``n``, mapped into the process where the kernel allows it."""
+        if not 0 <= n <= 5:
+            raise errors.OutOfBoundsError(f"BAR {n} does not exist (0-5)", device=self.name)
+        r = self.region(lib.VFIO_PCI_BAR0_REGION_INDEX + n)
+        if not r.size:
+            raise errors.NotFoundError(f"BAR {n} is not implemented by the device",
+                                       device=self.name, remedy="see `pyvfio info` for its BARs")
+        return r.mmap() if mmap else r
+
+    @property
+    def config(self):
+        """The PCI configuration space (a :class:`pyvfio.pciconfig.PciConfig`)."""
+        if self._config is None:
+            from .pciconfig import PciConfig
+            self._config = PciConfig(self.region(lib.VFIO_PCI_CONFIG_REGION_INDEX))
+        return self._config
+
+    # -- interrupts ---------------------------------------------------------------
+    def irq(self, index: int) -> Irq:
+        """Interrupt index ``index`` (cached); see VFIO_PCI_*_IRQ_INDEX."""
+        self._check_open()
+        q = self._irqs.get(index)
+        if q is None:
+            if not 0 <= index < self.info.num_irqs:
+                raise errors.OutOfBoundsError(
+                    f"IRQ index {index} does not exist ({self.info.num_irqs})", device=self.name)
+            q = self._irqs[index] = Irq(self, index)
+        return q
+
+    @property
+    def intx(self) -> Irq:
+        return self.irq(lib.VFIO_PCI_INTX_IRQ_INDEX)
+
+    @property
+    def msi(self) -> Irq:
+        return self.irq(lib.VFIO_PCI_MSI_IRQ_INDEX)
+
+    @property
+    def msix(self) -> Irq:
+        return self.irq(lib.VFIO_PCI_MSIX_IRQ_INDEX)
+
+    # -- reset --------------------------------------------------------------------
+    def reset(self) -> None:
+        """``VFIO_DEVICE_RESET``: a function-level (or equivalent) reset."""
+        if not self.info.can_reset:
+            raise errors.NotSupportedError("the device offers no reset method",
+                                           device=self.name)
+        syscalls.ioctl(self._check_open(), lib.VFIO_DEVICE_RESET, device=self.name)
+
+    def hot_reset_info(self) -> List[HotResetDevice]:
+        """``VFIO_DEVICE_GET_PCI_HOT_RESET_INFO``: the devices a bus reset would hit."""
+        def make(count: int):
+            return argsz.new_var("struct vfio_pci_hot_reset_info", "devices", count)
+
+        p = argsz.call_growing(self._check_open(), lib.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, make,
+                               lambda a: a.count, device=self.name, start=4)
+        return [HotResetDevice(d.group_id, d.segment, d.bus, d.devfn)
+                for d in (p.ptr.devices[i] for i in range(p.count))]
+
+    def hot_reset(self, groups: Sequence[Any] = ()) -> None:
+        """``VFIO_DEVICE_PCI_HOT_RESET``: reset the bus, after proving we own every group.
+
+        ``groups`` are the open :class:`Group` objects of the affected devices
+        (this device's own group is added).  Raises a clear error naming the
+        devices whose group is missing.
+        """
+        fd = self._check_open()
+        owned = {g.number: g for g in groups}
+        if self.group is not None:
+            owned.setdefault(self.group.number, self.group)
+        missing = [d for d in self.hot_reset_info() if d.group_id not in owned]
+        if missing:
+            names = ", ".join(f"{d.address} (group {d.group_id})" for d in missing)
+            raise errors.PermissionError_(
+                f"a hot reset would also reset {names}, whose groups are not open here",
+                device=self.name,
+                remedy="open those groups (bind the devices to vfio-pci) and pass them as groups=")
+        fds = [g.fd for g in owned.values()]
+        p = argsz.new_var("struct vfio_pci_hot_reset", "group_fds", len(fds), count=len(fds))
+        for i, gfd in enumerate(fds):
+            p.ptr.group_fds[i] = gfd
+        syscalls.ioctl(fd, lib.VFIO_DEVICE_PCI_HOT_RESET, p.ptr, device=self.name)
+
+    # -- features -------------------------------------------------------------------
+    def feature(self, feature: int, flags: int, payload: bytes = b"", out_size: int = 0) -> bytes:
+        """``VFIO_DEVICE_FEATURE`` with raw payload; returns the payload the kernel wrote."""
+        size = max(len(payload), out_size)
+        p = argsz.new_var("struct vfio_device_feature", "data", size, flags=flags | feature)
+        if payload:
+            ffi.memmove(p.ptr.data, payload, len(payload))
+        try:
+            syscalls.ioctl(self._check_open(), lib.VFIO_DEVICE_FEATURE, p.ptr, device=self.name)
+        except errors.PyvfioError as exc:
+            if exc.errno in (25, 95, 22) and isinstance(exc, (errors.NotSupportedError,
+                                                                errors.InvalidArgumentError)):
+                raise errors.NotSupportedError(
+                    f"feature {feature} is not supported by this device or kernel",
+                    errno=exc.errno, op="VFIO_DEVICE_FEATURE", device=self.name) from None
+            raise
+        return bytes(ffi.buffer(p.ptr.data, size))
+
+    def probe_feature(self, feature: int, *, get: bool = True, set: bool = False) -> bool:
+        """FEATURE_PROBE: whether the device supports ``feature`` for get/set."""
+        flags = lib.VFIO_DEVICE_FEATURE_PROBE
+        flags |= lib.VFIO_DEVICE_FEATURE_GET if get else 0
+        flags |= lib.VFIO_DEVICE_FEATURE_SET if set else 0
+        try:
+            self.feature(feature, flags)
+            return True
+        except errors.NotSupportedError:
+            return False
+
+    # -- lifetime --------------------------------------------------------------------
+    def close(self) -> None:
+        """Disable interrupts, unmap BARs, close the fd, then what was opened for it."""
+        if self.fd is None and not self._owned:
+            return
+        first_error = None
+        for q in list(self._irqs.values()):
+            try:
+                q.close()
+            except errors.PyvfioError as exc:
+                first_error = first_error or exc
+        for r in list(self._regions.values()):
+            r.close()
+        self._irqs.clear()
+        self._regions.clear()
+        if self.fd is not None:
+            syscalls.close(self.fd)
+            self.fd = None
+        owned, self._owned = self._owned, []
+        for obj in reversed(owned):
+            try:
+                obj.close()
+            except errors.PyvfioError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except errors.PyvfioError:
+            if exc_type is None:      # never hide the error that ended the block
+                raise
+
+    def __repr__(self) -> str:
+        return f"<Device {self.name}{' closed' if self.fd is None else ''} dma={self.dma!r}>"
+
+
+# ---------------------------------------------------------------------------
+# opening a device
+# ---------------------------------------------------------------------------
+
+def _sysfs_device(name: str, sysfs: str) -> str:
+    for bus in ("pci", "mdev"):
+        path = os.path.join(sysfs, "bus", bus, "devices", name)
+        if os.path.exists(path):
+            return path
+    raise errors.NotFoundError(f"no such device in {sysfs}/bus/{{pci,mdev}}/devices",
+                               device=name, remedy="check the address with `pyvfio ls`")
+
+
+def _bound_to_vfio(devpath: str, name: str) -> None:
+    drv = os.path.join(devpath, "driver")
+    driver = os.path.basename(os.readlink(drv)) if os.path.islink(drv) else None
+    if driver is None or not (driver.startswith("vfio") or driver.endswith("_vfio")
+                              or os.path.isdir(os.path.join(devpath, "vfio-dev"))
+                              or "mdev" in devpath):
+        raise errors.NotBoundError(
+            f"not bound to vfio-pci (driver: {driver or 'none'})", device=name,
+            remedy=f"pyvfio bind {name}")
+
+
+def _cdev_path(devpath: str, devroot: str) -> Optional[str]:
+    d = os.path.join(devpath, "vfio-dev")
+    if os.path.isdir(d):
+        for entry in sorted(os.listdir(d)):
+            node = os.path.join(devroot, "vfio", "devices", entry)
+            if os.path.exists(node):
+                return node
+    return None
+
+
+def _group_path(devpath: str, devroot: str, name: str) -> str:
+    link = os.path.join(devpath, "iommu_group")
+    if not os.path.islink(link):
+        raise errors.NotFoundError("the device has no IOMMU group", device=name,
+                                   remedy="enable the IOMMU (intel_iommu=on / amd_iommu=on), or "
+                                          "load vfio with enable_unsafe_noiommu_mode=1")
+    number = os.path.basename(os.readlink(link))
+    for node in (number, f"noiommu-{number}"):
+        path = os.path.join(devroot, "vfio", node)
+        if os.path.exists(path):
+            return path
+    raise errors.NotFoundError(f"no VFIO group node for IOMMU group {number}", device=name,
+                               path=os.path.join(devroot, "vfio", number),
+                               remedy=f"bind the device to vfio-pci: pyvfio bind {name}")
+
+
+def open_device(name: str, *, iommu: str = "auto", sysfs: str = "/sys", devroot: str = "/dev",
+                allow_noiommu: bool = False, iommu_model: Optional[str] = None) -> Device:
+    """Open VFIO device ``name`` (a PCI address or an mdev UUID) with its own IOMMU context.
+
+    ``iommu`` chooses the path: ``"iommufd"`` (cdev + /dev/iommu),
+    ``"container"`` (group + /dev/vfio/vfio), or ``"auto"``: iommufd when both
+    nodes exist, the container otherwise.  ``iommu_model`` picks the
+    container's IOMMU (type1v2, spapr_v2, noiommu...; best offered if None).
+    ``allow_noiommu`` must be set to use a no-IOMMU group.
+    """
+    if iommu not in ("auto", "iommufd", "container"):
+        raise errors.InvalidArgumentError(f"iommu must be auto, iommufd or container, not {iommu!r}")
+    devpath = _sysfs_device(name, sysfs)
+    _bound_to_vfio(devpath, name)
+    cdev = _cdev_path(devpath, devroot)
+    has_iommufd = os.path.exists(os.path.join(devroot, "iommu"))
+    if iommu == "iommufd" or (iommu == "auto" and cdev and has_iommufd and not allow_noiommu):
+        if not cdev:
+            raise errors.NotFoundError(
+                "the device has no VFIO cdev", device=name,
+                remedy="needs a kernel with CONFIG_VFIO_DEVICE_CDEV=y, or use iommu='container'")
+        return _open_iommufd(name, cdev, devroot)
+    return _open_container(name, _group_path(devpath, devroot, name), devroot, sysfs,
+                           allow_noiommu, iommu_model)
+
+
+def _open_iommufd(name: str, cdev: str, devroot: str) -> Device:
+    from .iommufd import IommuFd
+    ictx = IommuFd(devroot=devroot)
+    fd = None
+    try:
+        ioas = ictx.ioas()
+        fd = syscalls.open(cdev, os.O_RDWR, device=name)
+        bind = argsz.new("struct vfio_device_bind_iommufd", iommufd=ictx.fd)
+        syscalls.ioctl(fd, lib.VFIO_DEVICE_BIND_IOMMUFD, bind, device=name)
+        attach = argsz.new("struct vfio_device_attach_iommufd_pt", pt_id=ioas.id)
+        syscalls.ioctl(fd, lib.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach, device=name)
+    except BaseException:
+        if fd is not None:
+            syscalls.close(fd)
+        ictx.close()
+        raise
+    dev = Device(fd, name, dma=ioas, owned=[ictx], path=cdev)
+    dev.dev_id = bind.out_devid
+    return dev
+
+
+def _open_container(name: str, group_path: str, devroot: str, sysfs: str,
+                    allow_noiommu: bool, iommu_model: Optional[str]) -> Device:
+    from .container import Container
+    from .group import Group
+    noiommu = os.path.basename(group_path).startswith("noiommu-")
+    if noiommu and not allow_noiommu:
+        raise errors.PermissionError_(
+            "the device's group is a no-IOMMU group: DMA is not isolated", device=name,
+            path=group_path, remedy="pass allow_noiommu=True to accept that")
+    container = Container(devroot=devroot)
+    group = None
+    try:
+        group = Group(group_path, sysfs=sysfs)
+        group.set_container(container)
+        container.set_iommu(iommu_model or ("noiommu" if noiommu else None),
+                            allow_noiommu=allow_noiommu)
+        fd = group.get_device_fd(name)
+    except BaseException:
+        if group is not None:
+            group.close()
+        container.close()
+        raise
+    dma = None if noiommu else container
+    return Device(fd, name, dma=dma, group=group, owned=[container, group], path=group_path)

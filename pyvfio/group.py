@@ -1,0 +1,118 @@
+"""A VFIO group: ``/dev/vfio/N``, the unit of isolation the IOMMU can give.
+
+All devices of an IOMMU group must be given to VFIO (or be unbound) before
+the group is *viable*; a viable group is attached to a container, and only
+then, once the container has an IOMMU model, hands out device fds.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+from . import argsz, errors, syscalls
+from .uapi import ffi, lib
+
+__all__ = ["Group"]
+
+
+class Group:
+    """An open VFIO group node.
+
+    ``group`` is the group number, ``"noiommu-N"``, or a path to the node.
+    """
+
+    def __init__(self, group: Union[int, str], *, devroot: str = "/dev",
+                 sysfs: str = "/sys") -> None:
+        if isinstance(group, int) or str(group).isdigit() or str(group).startswith("noiommu-"):
+            self.path = os.path.join(devroot, "vfio", str(group))
+        else:
+            self.path = str(group)
+        self.name = os.path.basename(self.path)
+        self.number = int(self.name.rsplit("-", 1)[-1])
+        self.noiommu = self.name.startswith("noiommu-")
+        self.sysfs = sysfs
+        self.container = None
+        self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
+
+    def _check_open(self) -> int:
+        if self.fd is None:
+            raise errors.ClosedError(f"VFIO group {self.path}")
+        return self.fd
+
+    @property
+    def status(self) -> int:
+        """``VFIO_GROUP_GET_STATUS`` flags (VIABLE, CONTAINER_SET)."""
+        p = argsz.new("struct vfio_group_status")
+        syscalls.ioctl(self._check_open(), lib.VFIO_GROUP_GET_STATUS, p)
+        return p.flags
+
+    @property
+    def viable(self) -> bool:
+        return bool(self.status & lib.VFIO_GROUP_FLAGS_VIABLE)
+
+    def check_viable(self) -> None:
+        """Raise :class:`NotViableError` naming the group's devices bound elsewhere."""
+        if self.viable:
+            return
+        culprits = []
+        members = os.path.join(self.sysfs, "kernel", "iommu_groups", str(self.number), "devices")
+        for bdf in sorted(os.listdir(members)) if os.path.isdir(members) else ():
+            drv = os.path.join(members, bdf, "driver")
+            name = os.path.basename(os.readlink(drv)) if os.path.islink(drv) else None
+            if name not in (None, "vfio-pci", "pci-stub", "pcieport"):
+                culprits.append(f"{bdf} (bound to {name})")
+        detail = ", ".join(culprits) or "a device of the group is bound to a host driver"
+        raise errors.NotViableError(
+            f"IOMMU group {self.number} is not viable: {detail}", path=self.path,
+            remedy="bind every device of the group to vfio-pci: "
+                   + "; ".join(f"pyvfio bind {c.split()[0]}" for c in culprits)
+            if culprits else None)
+
+    def set_container(self, container) -> None:
+        """``VFIO_GROUP_SET_CONTAINER``: attach the group to ``container``."""
+        self.check_viable()
+        fdp = ffi.new("int *", container.fd)
+        syscalls.ioctl(self._check_open(), lib.VFIO_GROUP_SET_CONTAINER, fdp)
+        self.container = container
+        container.groups.append(self)
+
+    def unset_container(self) -> None:
+        """``VFIO_GROUP_UNSET_CONTAINER``: detach from the container."""
+        if self.container is None or self.fd is None:
+            return
+        try:
+            syscalls.ioctl(self.fd, lib.VFIO_GROUP_UNSET_CONTAINER)
+        finally:
+            if self in self.container.groups:
+                self.container.groups.remove(self)
+            self.container = None
+
+    def get_device_fd(self, name: str) -> int:
+        """``VFIO_GROUP_GET_DEVICE_FD``: an fd for device ``name`` (a BDF or mdev UUID)."""
+        fd = self._check_open()
+        if self.container is None or self.container.iommu_type is None:
+            raise errors.InvalidArgumentError(
+                "the group needs a container with an IOMMU model first", path=self.path,
+                device=name, remedy="group.set_container(c); c.set_iommu()")
+        cname = ffi.new("char[]", name.encode())
+        dfd = syscalls.ioctl(fd, lib.VFIO_GROUP_GET_DEVICE_FD, cname, device=name)
+        return syscalls.adopt(dfd, f"{self.path}:{name}")
+
+    def close(self) -> None:
+        """Detach from the container and close the group node."""
+        if self.fd is None:
+            return
+        try:
+            self.unset_container()
+        finally:
+            syscalls.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "Group":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Group {self.path}{' closed' if self.fd is None else ''}>"

@@ -1,0 +1,176 @@
+"""The interface every IOMMU backend offers: an I/O address space to map DMA into.
+
+A VFIO container (type1, sPAPR TCE, noiommu) and an iommufd IOAS are both an
+*I/O address space*: process memory mapped at IOVAs that the devices attached
+to it can reach.  :class:`IoAddressSpace` keeps the bookkeeping common to all
+of them: the usable IOVA ranges, an allocator within them, and the table of
+live mappings, so that closing the space releases every mapping and pinned
+page.  Backends implement ``_map``, ``_unmap`` and ``_ranges``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+
+from . import errors
+from .dma import PAGE_SIZE, DmaBuffer, IovaAllocator
+
+__all__ = ["DmaMapping", "IoAddressSpace"]
+
+
+class DmaMapping(NamedTuple):
+    """Process memory ``[vaddr, vaddr+size)`` visible to devices at ``iova``."""
+    iova: int
+    size: int
+    vaddr: int
+    readable: bool
+    writable: bool
+    buffer: Optional[DmaBuffer]
+
+
+class IoAddressSpace:
+    """Base of the IOMMU backends: map, unmap, and release everything on close."""
+
+    #: name used in messages (the device or node the space belongs to)
+    name: str = "IOMMU"
+
+    def __init__(self) -> None:
+        self._mappings: Dict[int, DmaMapping] = {}
+        self._allocator: Optional[IovaAllocator] = None
+        self._closed = False
+
+    # -- backend hooks --------------------------------------------------------
+    def _ranges(self) -> List[Tuple[int, int]]:
+        raise NotImplementedError
+
+    def _pgsize(self) -> int:
+        return PAGE_SIZE
+
+    def _map(self, vaddr: int, iova: int, size: int, readable: bool, writable: bool) -> None:
+        raise NotImplementedError
+
+    def _unmap(self, iova: int, size: int) -> None:
+        raise NotImplementedError
+
+    def _unmap_everything(self) -> None:
+        for m in list(self._mappings.values()):
+            self._unmap(m.iova, m.size)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ClosedError(self.name)
+
+    # -- public -------------------------------------------------------------------
+    def iova_ranges(self) -> List[Tuple[int, int]]:
+        """The usable IOVA ranges as inclusive (start, last) pairs."""
+        self._check_open()
+        return list(self._ranges())
+
+    @property
+    def allocator(self) -> IovaAllocator:
+        """The IOVA allocator over :meth:`iova_ranges` (built on first use)."""
+        self._check_open()
+        if self._allocator is None:
+            self._allocator = IovaAllocator(self._ranges(), alignment=self._pgsize())
+            for m in self._mappings.values():
+                self._allocator.reserve(m.iova, m.size)
+        return self._allocator
+
+    @property
+    def mappings(self) -> List[DmaMapping]:
+        """The live mappings, by IOVA."""
+        return sorted(self._mappings.values())
+
+    def map(self, buffer: Union[DmaBuffer, None] = None, *, iova: Optional[int] = None,
+            vaddr: Optional[int] = None, size: Optional[int] = None, offset: int = 0,
+            readable: bool = True, writable: bool = True,
+            dma_mask_bits: Optional[int] = None) -> DmaMapping:
+        """Map ``buffer`` (or raw ``vaddr``/``size``) for DMA; returns the mapping.
+
+        With ``iova=None`` an IOVA is chosen inside the usable ranges (and
+        below ``dma_mask_bits``); a given IOVA outside them is refused before
+        the kernel sees it.
+        """
+        self._check_open()
+        if buffer is not None:
+            if buffer.closed:
+                raise errors.ClosedError("DMA buffer")
+            size = buffer.size - offset if size is None else size
+            if offset < 0 or offset + size > buffer.size:
+                raise errors.OutOfBoundsError(
+                    f"{size:#x} bytes at {offset:#x} do not fit the {buffer.size:#x}-byte buffer")
+            vaddr = buffer.vaddr + offset
+        if vaddr is None or not size:
+            raise errors.InvalidArgumentError("map() needs a DmaBuffer, or vaddr and size")
+        alloc = self.allocator
+        if iova is None:
+            iova = alloc.alloc(size, dma_mask_bits=dma_mask_bits)
+        else:
+            alloc.reserve(iova, size, device=self.name)
+        try:
+            self._map(vaddr, iova, size, readable, writable)
+        except BaseException:
+            alloc.free(iova)
+            raise
+        m = DmaMapping(iova, size, vaddr, readable, writable, buffer)
+        self._mappings[iova] = m
+        if buffer is not None:
+            buffer.spaces.add(self)
+        return m
+
+    def unmap(self, mapping: Union[DmaMapping, int]) -> None:
+        """Remove a mapping (given as the mapping or its IOVA)."""
+        self._check_open()
+        iova = mapping.iova if isinstance(mapping, DmaMapping) else mapping
+        m = self._mappings.get(iova)
+        if m is None:
+            raise errors.IovaError(f"no mapping at IOVA {iova:#x}", device=self.name)
+        self._unmap(m.iova, m.size)
+        self._forget(m)
+
+    def _forget(self, m: DmaMapping) -> None:
+        del self._mappings[m.iova]
+        if self._allocator is not None:
+            self._allocator.free(m.iova)
+        buf = m.buffer
+        if buf is not None and not any(x.buffer is buf for x in self._mappings.values()):
+            buf.spaces.discard(self)
+
+    def unmap_buffer(self, buffer: DmaBuffer) -> None:
+        """Remove every mapping of ``buffer`` in this space."""
+        for m in [m for m in self._mappings.values() if m.buffer is buffer]:
+            if self._closed:
+                self._mappings.pop(m.iova, None)
+            else:
+                self.unmap(m)
+        buffer.spaces.discard(self)
+
+    def unmap_all(self) -> None:
+        """Remove every mapping made through this object."""
+        self._check_open()
+        if self._mappings:
+            self._unmap_everything()
+        for m in list(self._mappings.values()):
+            self._forget(m)
+        if self._allocator is not None:
+            self._allocator.clear()
+
+    def iova_of(self, buffer: DmaBuffer, offset: int = 0) -> int:
+        """The IOVA at which ``buffer[offset]`` is mapped."""
+        addr = buffer.vaddr + offset
+        for m in self._mappings.values():
+            if m.vaddr <= addr < m.vaddr + m.size:
+                return m.iova + (addr - m.vaddr)
+        raise errors.IovaError(f"{buffer!r} is not mapped in {self.name}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError

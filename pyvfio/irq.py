@@ -1,0 +1,202 @@
+"""A VFIO interrupt index: INTx, MSI, MSI-X, ERR or REQ of a device.
+
+``VFIO_DEVICE_GET_IRQ_INFO`` says how many vectors an index has and what it
+supports; ``VFIO_DEVICE_SET_IRQS`` connects vectors to eventfds (the kernel
+writes 1 to the eventfd at each interrupt), masks and unmasks them, or fires
+them for testing.  INTx is level-triggered: VFIO masks it when it fires
+(AUTOMASKED) and the driver unmasks it after serving the device.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import struct
+import time
+from typing import Any, List, NamedTuple, Optional, Sequence
+
+from . import argsz, errors, syscalls
+from .uapi import ffi, lib
+
+__all__ = ["Irq", "IrqInfo", "INDEX_NAMES"]
+
+INDEX_NAMES = {
+    lib.VFIO_PCI_INTX_IRQ_INDEX: "INTx",
+    lib.VFIO_PCI_MSI_IRQ_INDEX: "MSI",
+    lib.VFIO_PCI_MSIX_IRQ_INDEX: "MSI-X",
+    lib.VFIO_PCI_ERR_IRQ_INDEX: "ERR",
+    lib.VFIO_PCI_REQ_IRQ_INDEX: "REQ",
+}
+
+
+class IrqInfo(NamedTuple):
+    index: int
+    flags: int
+    count: int
+
+    @property
+    def eventfd(self) -> bool:
+        return bool(self.flags & lib.VFIO_IRQ_INFO_EVENTFD)
+
+    @property
+    def maskable(self) -> bool:
+        return bool(self.flags & lib.VFIO_IRQ_INFO_MASKABLE)
+
+    @property
+    def automasked(self) -> bool:
+        return bool(self.flags & lib.VFIO_IRQ_INFO_AUTOMASKED)
+
+    @property
+    def noresize(self) -> bool:
+        return bool(self.flags & lib.VFIO_IRQ_INFO_NORESIZE)
+
+
+def irq_info(fd: int, index: int, device: Optional[str] = None) -> IrqInfo:
+    p = argsz.new("struct vfio_irq_info", index=index)
+    syscalls.ioctl(fd, lib.VFIO_DEVICE_GET_IRQ_INFO, p, device=device)
+    return IrqInfo(index, p.flags, p.count)
+
+
+class Irq:
+    """One interrupt index of a device, with the eventfds it signals."""
+
+    def __init__(self, device: Any, index: int) -> None:
+        self.device = device
+        self.index = index
+        self.name = INDEX_NAMES.get(index, f"IRQ index {index}")
+        self.info = irq_info(device.fd, index, device.name)
+        self.eventfds: List[int] = []
+
+    @property
+    def count(self) -> int:
+        """How many vectors the index has."""
+        return self.info.count
+
+    def _set(self, flags: int, start: int, count: int, data: bytes = b"") -> None:
+        self.device._check_open()
+        p = argsz.new_var("struct vfio_irq_set", "data", len(data), flags=flags,
+                          index=self.index, start=start, count=count)
+        if data:
+            ffi.memmove(p.ptr.data, data, len(data))
+        syscalls.ioctl(self.device.fd, lib.VFIO_DEVICE_SET_IRQS, p.ptr, device=self.device.name)
+
+    def _vectors(self, start: int, count: int) -> None:
+        if count < 0 or start < 0 or start + count > self.info.count:
+            raise errors.InvalidArgumentError(
+                f"vectors {start}..{start + count - 1} do not exist: {self.name} has "
+                f"{self.info.count}", device=self.device.name)
+
+    def enable(self, count: Optional[int] = None) -> List[int]:
+        """Connect vectors 0..count-1 to new eventfds (all vectors by default).
+
+        Returns the eventfds; :meth:`wait` reads them.
+        """
+        count = self.info.count if count is None else count
+        self._vectors(0, count)
+        if count == 0:
+            raise errors.InvalidArgumentError(f"{self.name} has no vectors", device=self.device.name)
+        if self.eventfds:
+            self.disable()
+        fds = []
+        try:
+            for v in range(count):
+                fds.append(syscalls.eventfd(0, os.O_NONBLOCK,
+                                            what=f"eventfd {self.device.name} {self.name}[{v}]"))
+            self._set(lib.VFIO_IRQ_SET_DATA_EVENTFD | lib.VFIO_IRQ_SET_ACTION_TRIGGER, 0, count,
+                      struct.pack(f"{count}i", *fds))
+        except BaseException:
+            for fd in fds:
+                syscalls.close(fd)
+            raise
+        self.eventfds = fds
+        return list(fds)
+
+    def disable(self) -> None:
+        """Disconnect every vector (DATA_NONE, count 0) and close the eventfds."""
+        fds, self.eventfds = self.eventfds, []
+        try:
+            if fds and not self.device.closed:
+                self._set(lib.VFIO_IRQ_SET_DATA_NONE | lib.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0)
+        finally:
+            for fd in fds:
+                syscalls.close(fd)
+
+    def mask(self, vector: int = 0) -> None:
+        """ACTION_MASK: hold the vector's interrupts back."""
+        self._vectors(vector, 1)
+        self._set(lib.VFIO_IRQ_SET_DATA_NONE | lib.VFIO_IRQ_SET_ACTION_MASK, vector, 1)
+
+    def unmask(self, vector: int = 0) -> None:
+        """ACTION_UNMASK: let the vector fire again (INTx: after the device was served)."""
+        self._vectors(vector, 1)
+        self._set(lib.VFIO_IRQ_SET_DATA_NONE | lib.VFIO_IRQ_SET_ACTION_UNMASK, vector, 1)
+
+    def trigger(self, vector: int = 0) -> None:
+        """Fire the vector's eventfd from the kernel side, as an interrupt would (for tests)."""
+        self._vectors(vector, 1)
+        self._set(lib.VFIO_IRQ_SET_DATA_NONE | lib.VFIO_IRQ_SET_ACTION_TRIGGER, vector, 1)
+
+    def _fd(self, vector: int) -> int:
+        if not self.eventfds:
+            raise errors.InvalidArgumentError(
+                f"{self.name} is not enabled", device=self.device.name,
+                remedy=f"call enable() on the {self.name} index first")
+        self._vectors(vector, 1)
+        if vector >= len(self.eventfds):
+            raise errors.InvalidArgumentError(f"vector {vector} is not enabled",
+                                              device=self.device.name)
+        return self.eventfds[vector]
+
+    def pending(self, vector: int = 0) -> int:
+        """How many interrupts arrived since the last read (0 if none); clears the count."""
+        try:
+            return struct.unpack("<Q", syscalls.read(self._fd(vector), 8))[0]
+        except errors.PyvfioError as exc:
+            if exc.errno == 11:       # EAGAIN: nothing pending
+                return 0
+            raise
+
+    def wait(self, vector: int = 0, timeout: Optional[float] = None) -> int:
+        """Wait for an interrupt on ``vector``; returns how many arrived.
+
+        Raises :class:`~pyvfio.errors.TimeoutError_` after ``timeout`` seconds.
+        """
+        fd = self._fd(vector)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if syscalls.poll([(fd, select.POLLIN)], left):
+                n = self.pending(vector)
+                if n:
+                    return n
+            if deadline is not None and time.monotonic() >= deadline:
+                raise errors.TimeoutError_(
+                    f"no {self.name} interrupt on vector {vector} within {timeout} s",
+                    device=self.device.name,
+                    remedy="check that the device raises it and that bus mastering is on")
+
+    async def wait_async(self, vector: int = 0, timeout: Optional[float] = None) -> int:
+        """:meth:`wait` for asyncio: the event loop watches the eventfd."""
+        fd = self._fd(vector)
+        loop = asyncio.get_running_loop()
+        while True:
+            n = self.pending(vector)
+            if n:
+                return n
+            fut = loop.create_future()
+            loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise errors.TimeoutError_(
+                    f"no {self.name} interrupt on vector {vector} within {timeout} s",
+                    device=self.device.name) from None
+            finally:
+                loop.remove_reader(fd)
+
+    def close(self) -> None:
+        self.disable()
+
+    def __repr__(self) -> str:
+        return (f"<Irq {self.name} of {self.device.name}: {self.info.count} vectors, "
+                f"{len(self.eventfds)} enabled>")
