@@ -400,17 +400,22 @@ class _Skip(Exception):
 # constants: which macros are integer constant expressions
 # ---------------------------------------------------------------------------
 
-def integer_macros(info: Header, includes: str) -> List[str]:
-    """The covered macros that the compiler accepts as integer constants."""
-    names = sorted(info.defines)
-    ok = set(names)
-    for _ in range(4):
+def integer_macros(info: Header, includes: str, names: Optional[Iterable[str]] = None,
+                   check: str = "static const long long pyvfio_chk_{i} = (long long)(({n}) | 0);",
+                   ) -> List[str]:
+    """The covered macros that the compiler accepts as integer constants.
+
+    With another ``check`` template, the macros that pass that check instead
+    (e.g. string literals).
+    """
+    ok = set(info.defines if names is None else names)
+    for _ in range(8):
         lines = [includes]
         where: Dict[int, str] = {}
         base = includes.count("\n") + 2
         for i, n in enumerate(sorted(ok)):
             where[base + i] = n
-            lines.append(f"enum {{ pyvfio_chk_{i} = sizeof(char[((long long)({n}) | 1) ? 1 : 1]) }};")
+            lines.append(check.format(i=i, n=n))
         src = "\n".join(lines) + "\n"
         proc = _run(["-fsyntax-only", "-fmax-errors=0", "-w", *include_args()], src, ok=False)
         if proc.returncode == 0:
@@ -483,6 +488,9 @@ def build_cdef() -> Tuple[str, str, dict]:
     w = CdefWriter(info)
     w.parse()
     macros = integer_macros(info, includes)
+    strings = integer_macros(info, includes,
+                             {n for n, (body, _) in info.defines.items() if body} - set(macros),
+                             'static const char pyvfio_str_{i}[] = "" {n};')
     ioctls = ioctl_macros(info, macros)
     int_types = integer_typedefs(w.used_types - CDEF_BUILTINS, includes)
     parts = ["typedef int... %s;" % t for t in sorted(int_types)]
@@ -500,12 +508,14 @@ def build_cdef() -> Tuple[str, str, dict]:
     consts = [m for m in macros if m not in enum_values]
     consts += sorted(n for n in w.enumerators if n not in enum_values and n not in info.defines)
     parts += [f"#define {m} ..." for m in consts]
+    parts += [f"static char *const {m};" for m in strings]
     parts += list(w.functions.values())
     meta = {
         "families": {f: list(h) for f, h in families.items()},
         "missing": sorted(set(FAMILIES) - set(families)),
         "ioctls": ioctls,
         "constants": sorted(set(macros) | set(w.enumerators)),
+        "strings": sorted(strings),
         "structs": sorted(w.structs),
         "skipped": w.skipped,
         "family_of": {**{m: info.headers[h] for m, (_, h) in info.defines.items()},

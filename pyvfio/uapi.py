@@ -1,7 +1,7 @@
 """The kernel's uAPI as the C compiler sees it: ``ffi`` and ``lib``.
 
 ``lib`` holds every ioctl request, ``#define`` and enum constant of the covered
-headers, ``ffi`` every struct and union (``ffi.new("struct vfio_region_info *")``).
+headers (string macros as ``char *``, read with ``ffi.string``), ``ffi`` every struct and union (``ffi.new("struct vfio_region_info *")``).
 Both were generated from this system's headers when pyvfio was built, so
 values and layouts are the kernel's own on every architecture.
 
@@ -28,9 +28,10 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {k: tuple(v) for k, v in _meta["families"
 MISSING: Tuple[str, ...] = tuple(_meta["missing"])
 IOCTLS: Tuple[str, ...] = tuple(_meta["ioctls"])
 CONSTANTS: Tuple[str, ...] = tuple(_meta["constants"])
+STRINGS: Tuple[str, ...] = tuple(_meta["strings"])
 STRUCTS: Tuple[str, ...] = tuple(_meta["structs"])
 FAMILY_OF: Dict[str, str] = dict(_meta["family_of"])
 SKIPPED: List[str] = list(_meta["skipped"])
 
-__all__ = ["ffi", "lib", "FAMILIES", "MISSING", "IOCTLS", "CONSTANTS", "STRUCTS", "FAMILY_OF"]
+__all__ = ["ffi", "lib", "FAMILIES", "MISSING", "IOCTLS", "CONSTANTS", "STRINGS", "STRUCTS", "FAMILY_OF"]
 del _meta
