@@ -47,10 +47,13 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
 LIBC_CDEF = """
 int pyvfio_ioctl(int fd, unsigned long request, void *arg);
 int eventfd(unsigned int initval, int flags);
+int mlock(const void *addr, size_t len);
+int munlock(const void *addr, size_t len);
 """
 LIBC_SOURCE = """
 #include <sys/ioctl.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 static int pyvfio_ioctl(int fd, unsigned long request, void *arg)
 {
     return ioctl(fd, request, arg);

@@ -134,6 +134,30 @@ class DmaBuffer:
             raise errors.OutOfBoundsError(
                 f"access of {size} bytes at {offset:#x} is outside the {self.size:#x}-byte DMA buffer")
 
+    def physical_address(self, offset: int = 0) -> int:
+        """The physical address of byte ``offset``, for no-IOMMU DMA.
+
+        Reads /proc/self/pagemap (root only).  The page is locked in memory
+        first; a DMA longer than a page needs physically contiguous memory:
+        use ``kind="hugetlb"``.
+        """
+        self._bounds(offset, 1)
+        from .uapi import lib
+        if lib.mlock(self._ptr, self.size) != 0:
+            raise errors.from_errno(ffi.errno, op="mlock", remedy="raise RLIMIT_MEMLOCK")
+        vaddr = self.vaddr + offset
+        fd = syscalls.open("/proc/self/pagemap", os.O_RDONLY)
+        try:
+            entry = int.from_bytes(syscalls.pread(fd, 8, (vaddr // PAGE_SIZE) * 8), "little")
+        finally:
+            syscalls.close(fd)
+        pfn = entry & ((1 << 55) - 1)
+        if not entry >> 63 or not pfn:
+            raise errors.PermissionError_(
+                "the kernel did not reveal the page's physical address", path="/proc/self/pagemap",
+                remedy="run as root (CAP_SYS_ADMIN) to read physical frame numbers")
+        return pfn * PAGE_SIZE + vaddr % PAGE_SIZE
+
     # -- lifetime -------------------------------------------------------------
     @property
     def closed(self) -> bool:

@@ -1,0 +1,1 @@
+"""Small userspace drivers built on pyvfio, for emulated devices and examples."""

@@ -1,0 +1,88 @@
+"""Shared fixtures: the lab plugin, and an edu device on the real kernel or the mock.
+
+In a lab guest (``PYVFIO_LAB=1``) device tests use QEMU's emulated devices
+through the real kernel drivers; on the host they use :mod:`pyvfio.mock`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+pytest_plugins = ["pyvfio.lab.pytest_plugin"]
+
+EDU = (0x1234, 0x11E8)
+VFIO_PATHS = ("container", "iommufd", "noiommu")
+
+
+def _guest_noiommu_enabled() -> bool:
+    param = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
+    if not os.path.exists(param):
+        os.system("modprobe vfio enable_unsafe_noiommu_mode=1 >/dev/null 2>&1")
+    if not os.path.exists(param):
+        return False
+    with open(param) as f:
+        if f.read().strip() != "Y":
+            with open(param, "w") as w:
+                w.write("1")
+    return True
+
+
+def _real_edu(path: str, lab_target, index: int = 0):
+    from pyvfio import pci
+    edus = pci.find(vendor=EDU[0], device=EDU[1])
+    if len(edus) <= index:
+        pytest.skip("the guest has no emulated edu device")
+    if path == "noiommu":
+        if lab_target.iommu:
+            pytest.skip("no-IOMMU mode needs a guest without an IOMMU (full kernel, iommu=off)")
+        if not _guest_noiommu_enabled():
+            pytest.skip(f"kernel {lab_target.kernel} has no CONFIG_VFIO_NOIOMMU")
+    elif not lab_target.iommu:
+        pytest.skip(f"the {path} path needs the emulated IOMMU (this guest boots without one)")
+    elif path == "iommufd" and not os.path.exists("/dev/iommu"):
+        pytest.skip(f"kernel {lab_target.kernel} has no IOMMUFD/VFIO_DEVICE_CDEV")
+    return edus[index]
+
+
+@pytest.fixture(params=VFIO_PATHS)
+def vfio_edu(request, lab_target, tmp_path):
+    """An edu device given to VFIO, and how to open it through ``request.param``'s path."""
+    path = request.param
+    if lab_target.kind == "real":
+        dev = _real_edu(path, lab_target)
+        with dev.bound("vfio-pci"):
+            yield SimpleNamespace(path=path, bdf=dev.name, target=lab_target,
+                                  open=lambda: _open(dev.name, path))
+        return
+    mock_mod = pytest.importorskip("pyvfio.mock")
+    from pyvfio import syscalls
+    bdf = "0000:00:10.0"
+    kernel = mock_mod.MockKernel(str(tmp_path), devices=[mock_mod.EduModel(bdf=bdf, group=5)],
+                                 iommu="none" if path == "noiommu" else "type1",
+                                 iommufd=(path == "iommufd"))
+    with syscalls.use(kernel):
+        yield SimpleNamespace(path=path, bdf=bdf, target=lab_target, mock=kernel,
+                              open=lambda: _open(bdf, path, sysfs=kernel.sysfs,
+                                                 devroot=kernel.devroot))
+
+
+def _open(bdf: str, path: str, **where):
+    from pyvfio.device import open_device
+    if path == "noiommu":
+        return open_device(bdf, iommu="container", allow_noiommu=True, **where)
+    return open_device(bdf, iommu=path, **where)
+
+
+def dma_address(device, buf, offset: int = 0) -> int:
+    """Where the device sees ``buf[offset]``: its IOVA, or its physical address without IOMMU."""
+    if device.dma is None:
+        return buf.physical_address(offset)
+    try:
+        return device.dma.iova_of(buf, offset)
+    except Exception:
+        return device.dma.map(buf, dma_mask_bits=28).iova + offset
