@@ -1,0 +1,321 @@
+"""Boot one QEMU guest, run one command in it, tear everything down.
+
+The guest is an x86-64 ``q35`` machine, under TCG by default, with an
+emulated Intel IOMMU (interrupt remapping and caching mode on) unless asked
+otherwise.  It gets:
+
+* the host's ``/`` read-only over virtio-9p (``hostroot``), under a tmpfs
+  overlay, so the host's Python and packages run unchanged;
+* the run directory (``labrun``) read-write at ``/run/lab``: the command,
+  its environment, and back from the guest its exit status and ``dmesg``;
+* the read-write host directories at their own paths.
+
+Serial port 0 (the kernel console) goes to ``console.log`` in the run
+directory; serial port 1 carries the command's output to the caller.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
+
+from ._host import info, interruptible, signals_blocked
+from .errors import BootError, BootTimeoutError, CommandTimeoutError, LabError, QemuNotFoundError
+
+__all__ = ["DEVICE_KINDS", "MachineConfig", "RunResult", "find_qemu", "qemu_device_models",
+           "device_args", "kernel_cmdline", "qemu_command", "run_guest"]
+
+#: Emulated PCI devices the lab knows (``igb`` only with a QEMU that has it).
+DEVICE_KINDS = ("edu", "nvme", "e1000e", "igb")
+#: First PCI slot given to the devices under test: they appear at 0000:00:10.0, 00:11.0, ...
+FIRST_SLOT = 0x10
+NVME_IMAGE_BYTES = 64 << 20
+_CONSOLE_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """What to boot and with which emulated hardware."""
+    vmlinux: Path
+    initrd: Path
+    iommu: bool = True
+    devices: Sequence[str] = ("edu", "edu")
+    mem_mb: int = 2048
+    cpus: int = 1
+    accel: str = "tcg"
+    #: Extra kernel command-line words.
+    append: Sequence[str] = ()
+    #: Extra QEMU arguments, appended as given.
+    qemu_args: Sequence[str] = ()
+    qemu: Optional[str] = None
+
+
+@dataclass
+class RunResult:
+    """Outcome of a command run in the guest."""
+    returncode: int
+    #: Host wall time from QEMU's start to the command's start.
+    boot_seconds: Optional[float]
+    #: Guest uptime when the command started.
+    guest_uptime: Optional[float]
+    #: Host wall time of the whole run, QEMU start to exit.
+    wall_seconds: float
+    #: The guest kernel log, taken after the command.
+    dmesg: str = ""
+    #: Files the caller asked to fetch from the run directory (``/run/lab`` in the guest).
+    files: Dict[str, bytes] = field(default_factory=dict)
+    #: The run directory, when kept.
+    run_dir: Optional[Path] = None
+
+
+def find_qemu() -> str:
+    """Path of ``qemu-system-x86_64`` (or ``$PYVFIO_LAB_QEMU``), or :class:`QemuNotFoundError`."""
+    name = os.environ.get("PYVFIO_LAB_QEMU") or "qemu-system-x86_64"
+    path = shutil.which(name)
+    if path is None:
+        raise QemuNotFoundError(f"{name} not found: the lab needs QEMU to boot its guests")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def qemu_device_models(qemu: str) -> FrozenSet[str]:
+    """Names of the device models ``qemu -device help`` lists."""
+    out = subprocess.run([qemu, "-nodefaults", "-machine", "none", "-device", "help"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True).stdout
+    return frozenset(re.findall(r'^name "([^"]+)"', out, re.M))
+
+
+def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
+                iommu: bool = True) -> List[str]:
+    """QEMU arguments for the devices under test, at fixed PCI slots from 00:10.0 on.
+
+    ``edu`` keeps its 28-bit DMA mask behind an IOMMU (IOVAs are chosen to
+    fit); without one it gets a 64-bit mask, since no-IOMMU DMA uses
+    physical addresses, which may lie anywhere in guest memory.
+
+    ``nvme`` gets a sparse scratch image in ``run_dir``; the NICs get a
+    one-port hub as peer (no host network); ``igb`` sits behind a PCIe root
+    port at its slot, so it appears on a bus of its own.
+    """
+    args: List[str] = []
+    for i, kind in enumerate(devices):
+        if kind not in DEVICE_KINDS:
+            raise LabError(f"unknown device {kind!r} (known: {', '.join(DEVICE_KINDS)})")
+        if kind not in models:
+            raise LabError(f"this QEMU has no {kind!r} device model",
+                           remedy="install a newer QEMU (bookworm-backports has QEMU 10: "
+                                  "apt-get install -t bookworm-backports qemu-system-x86)")
+        addr = f"addr={FIRST_SLOT + i:#x}"
+        if kind == "nvme":
+            image = run_dir / f"nvme{i}.img"
+            with open(image, "wb") as fh:
+                fh.truncate(NVME_IMAGE_BYTES)
+            args += ["-drive", f"file={image},if=none,id=nvme{i},format=raw",
+                     "-device", f"nvme,serial=pyvfio-nvme{i},drive=nvme{i},{addr}"]
+        elif kind == "e1000e":
+            args += ["-netdev", f"hubport,id=net{i},hubid={i}",
+                     "-device", f"e1000e,netdev=net{i},{addr}"]
+        elif kind == "igb":
+            # its SR-IOV VFs need device numbers past the PF's: give it a bus of its own
+            args += ["-netdev", f"hubport,id=net{i},hubid={i}",
+                     "-device", f"pcie-root-port,id=labport{i},chassis={i + 1},{addr}",
+                     "-device", f"igb,netdev=net{i},bus=labport{i}"]
+        else:
+            wide = "" if iommu or kind != "edu" else ",dma_mask=0xffffffffffffffff"
+            args += ["-device", f"{kind},{addr}{wide}"]
+    return args
+
+
+def kernel_cmdline(iommu: bool, append: Sequence[str] = ()) -> str:
+    """The guest kernel's command line (the options after ``panic`` save boot time)."""
+    words = ["console=ttyS0", "quiet", "loglevel=4", "panic=-1", "mitigations=off",
+             "lsm=capability", "8250.nr_uarts=2", "cryptomgr.notests",
+             "intel_iommu=on" if iommu else "intel_iommu=off", *append]
+    return " ".join(words)
+
+
+def qemu_command(config: MachineConfig, run_dir: Path, rw_dirs: Sequence[Path],
+                 qemu: str, models: FrozenSet[str]) -> List[str]:
+    """The complete QEMU command line (also writes ``run_dir/mounts`` for the guest)."""
+    cpu = "host" if config.accel == "kvm" else "Nehalem"
+    machine = ["-machine", "q35,kernel-irqchip=split",
+               "-device", "intel-iommu,intremap=on,caching-mode=on"] if config.iommu \
+        else ["-machine", "q35"]
+    fs = ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
+                     "multidevs=remap",
+          "-virtfs", f"local,path={run_dir},mount_tag=labrun,security_model=none"]
+    mounts = []
+    for i, d in enumerate(rw_dirs):
+        fs += ["-virtfs", f"local,path={d},mount_tag=labrw{i},security_model=none,"
+                          "multidevs=remap"]
+        mounts.append(f"labrw{i} {d}\n")
+    (run_dir / "mounts").write_text("".join(mounts))
+    return [qemu, "-nodefaults", "-display", "none", "-no-reboot",
+            "-accel", config.accel, "-cpu", cpu, "-smp", str(config.cpus),
+            "-m", str(config.mem_mb), *machine,
+            "-kernel", str(config.vmlinux), "-initrd", str(config.initrd),
+            "-append", kernel_cmdline(config.iommu, config.append),
+            "-serial", f"file:{run_dir / 'console.log'}",
+            "-chardev", "stdio,id=cmdout,signal=off", "-serial", "chardev:cmdout",
+            *fs, *device_args(config.devices, run_dir, models, config.iommu), *config.qemu_args]
+
+
+def _write_env(run_dir: Path, command: str, env: Mapping[str, str], cwd: Path) -> None:
+    (run_dir / "cmd.sh").write_text(command + "\n")
+    lines = [f"export {k}={shlex.quote(v)}\n" for k, v in env.items()]
+    lines.append(f"export PYVFIO_LAB_CWD={shlex.quote(str(cwd))}\n")
+    (run_dir / "env.sh").write_text("".join(lines))
+
+
+def _tail(path: Path, lines: int = _CONSOLE_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _read_float(path: Path) -> Optional[float]:
+    try:
+        return float(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def run_guest(config: MachineConfig, command: str, *, env: Mapping[str, str], cwd: Path,
+              rw_dirs: Sequence[Path] = (), output: Callable[[bytes], None] = _write_stdout,
+              timeout: float = 1800.0, boot_timeout: float = 180.0,
+              fetch: Sequence[str] = (), keep: bool = False) -> RunResult:
+    """Boot the guest, run ``command`` (a shell command line) as root, return its result.
+
+    The command's output (stdout and stderr merged) is passed to ``output`` as
+    it arrives.  The files named in ``fetch`` that the command wrote to
+    ``/run/lab`` come back in :attr:`RunResult.files`.  QEMU is killed and the
+    run directory removed on every way out (``keep=True`` keeps the
+    directory), including Ctrl-C and SIGTERM, which raise
+    :class:`LabInterrupted`.  Raises :class:`BootTimeoutError` when the
+    command has not started after ``boot_timeout`` seconds,
+    :class:`CommandTimeoutError` when it runs past ``timeout`` seconds and
+    :class:`BootError` when the guest stops without reporting an exit status.
+    """
+    qemu = config.qemu or find_qemu()
+    models = qemu_device_models(qemu)
+    with interruptible():
+        run_dir = Path(tempfile.mkdtemp(prefix="pyvfio-lab-"))
+        proc: Optional[subprocess.Popen] = None
+        try:
+            _write_env(run_dir, command, env, cwd)
+            cmd = qemu_command(config, run_dir, rw_dirs, qemu, models)
+            (run_dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
+            start = time.monotonic()
+            with open(run_dir / "qemu.log", "wb") as qemu_log:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=qemu_log, start_new_session=True,
+                                        preexec_fn=_die_with_parent())
+            boot = _pump(proc, output, run_dir, start, timeout, boot_timeout)
+            proc.wait()
+            return _result(proc, run_dir, boot, time.monotonic() - start, fetch, keep)
+        finally:
+            with signals_blocked():
+                if proc is not None:
+                    _stop(proc)
+                if keep:
+                    info(f"run directory kept: {run_dir}")
+                else:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _result(proc: subprocess.Popen, run_dir: Path, boot: Optional[float], wall: float,
+            fetch: Sequence[str], keep: bool) -> RunResult:
+    """Read what the guest left in the run directory."""
+    rc_file = run_dir / "rc"
+    rc_text = rc_file.read_text().strip() if rc_file.exists() else ""
+    if not rc_text:
+        console = _tail(run_dir / "console.log")
+        raise BootError(
+            f"the guest stopped without reporting an exit status "
+            f"(QEMU exit status {proc.returncode})" + _qemu_errors(run_dir),
+            console_tail=console,
+            remedy="look at the guest console lines above" if console else None)
+    dmesg_file = run_dir / "dmesg"
+    dmesg = dmesg_file.read_text(errors="replace") if dmesg_file.exists() else ""
+    files = {name: (run_dir / name).read_bytes() for name in fetch
+             if (run_dir / name).is_file()}
+    return RunResult(int(rc_text), boot, _read_float(run_dir / "started"), wall, dmesg,
+                     files, run_dir if keep else None)
+
+
+def _pump(proc: subprocess.Popen, output: Callable[[bytes], None], run_dir: Path,
+          start: float, timeout: float, boot_timeout: float) -> Optional[float]:
+    """Copy QEMU's output until it exits; return the boot-to-command seconds."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    started = run_dir / "started"
+    boot: Optional[float] = None
+    while True:
+        now = time.monotonic()
+        if boot is None and started.exists():
+            boot = now - start
+        if boot is None and now - start > boot_timeout:
+            raise BootTimeoutError(
+                f"the guest did not start the command within {boot_timeout:.0f} s"
+                + _qemu_errors(run_dir), console_tail=_tail(run_dir / "console.log"))
+        if now - start > timeout:
+            raise CommandTimeoutError(
+                f"the command did not finish within {timeout:.0f} s",
+                console_tail=_tail(run_dir / "console.log"))
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                return boot
+            output(data)
+
+
+def _qemu_errors(run_dir: Path) -> str:
+    text = _tail(run_dir / "qemu.log", 10)
+    return f"\nQEMU said:\n{text}" if text else ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill QEMU (its whole process group) and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _die_with_parent() -> Optional[Callable[[], None]]:
+    """A ``preexec_fn`` making the child get SIGKILL when this process dies (Linux)."""
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGKILL)
