@@ -1,0 +1,29 @@
+"""The ``pyvfio`` command line.
+
+Each topic module ``pyvfio/cli/<topic>.py`` exposes ``register(subparsers)``,
+which adds its subcommands and sets ``func`` to a function taking the parsed
+arguments and returning the exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+from typing import List, Optional
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every topic's subcommands registered."""
+    parser = argparse.ArgumentParser(prog="pyvfio", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="topic", metavar="COMMAND", required=True)
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{module}").register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,167 @@
+"""``pyvfio ls``, ``pyvfio bind`` and ``pyvfio unbind``: PCI devices and their drivers."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Optional
+
+from pyvfio import errors, pci
+
+__all__ = ["register", "viability", "device_record"]
+
+
+def _hex_id(text: str) -> int:
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a hexadecimal ID: {text!r}") from None
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"ID out of range 0..ffff: {text!r}")
+    return value
+
+
+def _add_sysfs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``ls``, ``bind`` and ``unbind``."""
+    ls = subparsers.add_parser(
+        "ls", help="list PCI devices with their driver, IOMMU group and VFIO viability",
+        description="List PCI functions: address, vendor:device, class, driver, IOMMU "
+                    "group, and whether VFIO can claim the group (every device in it "
+                    "unbound or bound to vfio-pci, pci-stub or pcieport).")
+    ls.add_argument("--json", action="store_true",
+                    help="print a JSON list of objects (IDs as hexadecimal strings)")
+    ls.add_argument("--vendor", type=_hex_id, metavar="HEX", help="only this vendor ID")
+    ls.add_argument("--device", type=_hex_id, metavar="HEX", help="only this device ID")
+    ls.add_argument("--driver", metavar="NAME", help="only devices bound to this driver")
+    _add_sysfs(ls)
+    ls.set_defaults(func=_guarded(_ls))
+
+    bind = subparsers.add_parser(
+        "bind", help="bind a PCI device to vfio-pci (or another driver)",
+        description="Bind a PCI function to a driver through driver_override, unbinding "
+                    "it from its current driver; the driver's module is loaded if needed.")
+    bind.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:01:00.0 or 01:00.0")
+    bind.add_argument("--driver", default="vfio-pci", help="driver to bind (default: vfio-pci)")
+    _add_sysfs(bind)
+    bind.set_defaults(func=_guarded(_bind))
+
+    unbind = subparsers.add_parser(
+        "unbind", help="unbind a PCI device from its driver",
+        description="Detach a PCI function from its driver.  driver_override stays; "
+                    "--reprobe clears it and lets the kernel bind the driver that matches "
+                    "the device's IDs (giving it back to its host driver).")
+    unbind.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:01:00.0 or 01:00.0")
+    unbind.add_argument("--reprobe", action="store_true",
+                        help="clear driver_override and let the kernel pick a driver")
+    _add_sysfs(unbind)
+    unbind.set_defaults(func=_guarded(_unbind))
+
+
+def _guarded(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except errors.PyvfioError as exc:
+            print(f"pyvfio {args.topic}: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+def viability(dev: pci.PciDevice) -> str:
+    """``viable``, ``not viable: <BDF> bound to <driver>, …`` or ``-`` without a group."""
+    if dev.iommu_group is None:
+        return "-"
+    blockers = dev.group_blockers()
+    if not blockers:
+        return "viable"
+    return "not viable: " + ", ".join(f"{name} bound to {drv}" for name, drv in blockers)
+
+
+def device_record(dev: pci.PciDevice) -> Dict[str, Any]:
+    """The JSON object ``pyvfio ls --json`` prints for one device."""
+    group = dev.iommu_group
+    blockers = dev.group_blockers() if group is not None else []
+    physfn = dev.physfn
+    return {
+        "address": dev.name,
+        "vendor": f"{dev.vendor:04x}",
+        "device": f"{dev.device:04x}",
+        "subsystem_vendor": f"{dev.subsystem_vendor:04x}",
+        "subsystem_device": f"{dev.subsystem_device:04x}",
+        "class": f"{dev.class_code:06x}",
+        "revision": f"{dev.revision:02x}",
+        "driver": dev.driver,
+        "driver_override": dev.driver_override,
+        "iommu_group": group,
+        "viable": None if group is None else not blockers,
+        "blockers": [{"address": name, "driver": drv} for name, drv in blockers],
+        "numa_node": dev.numa_node,
+        "physfn": physfn.name if physfn is not None else None,
+        "sriov_numvfs": dev.sriov_numvfs,
+        "sriov_totalvfs": dev.sriov_totalvfs,
+    }
+
+
+def _ls(args: argparse.Namespace) -> int:
+    found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver,
+                     sysfs=args.sysfs)
+    if args.json:
+        json.dump([device_record(d) for d in found], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    rows: List[List[str]] = [["BDF", "VENDOR:DEVICE", "CLASS", "DRIVER", "GROUP", "VFIO"]]
+    for dev in found:
+        group = dev.iommu_group
+        rows.append([dev.name, f"{dev.vendor:04x}:{dev.device:04x}", f"{dev.class_code:06x}",
+                     dev.driver or "-", "-" if group is None else str(group), viability(dev)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def _bind(args: argparse.Namespace) -> int:
+    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    previous = dev.bind(args.driver)
+    if previous == args.driver:
+        print(f"{dev.name}: already bound to {args.driver}")
+    else:
+        print(f"{dev.name}: {previous or '(no driver)'} -> {args.driver}")
+    if "vfio" in args.driver:
+        note: Optional[str] = None
+        if dev.iommu_group is None:
+            note = "the device has no IOMMU group: VFIO cannot open it"
+        else:
+            blockers = dev.group_blockers()
+            if blockers:
+                note = (f"IOMMU group {dev.iommu_group} is not viable yet: "
+                        + ", ".join(f"{n} bound to {d} (`pyvfio bind {n}`)"
+                                    for n, d in blockers))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def _unbind(args: argparse.Namespace) -> int:
+    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    if args.reprobe:
+        previous = dev.driver
+        now = dev.reprobe()
+        print(f"{dev.name}: {previous or '(no driver)'} -> {now or '(no driver)'}")
+        return 0
+    previous = dev.unbind()
+    if previous is None:
+        print(f"{dev.name}: not bound to a driver")
+        return 0
+    print(f"{dev.name}: {previous} -> (no driver)")
+    override = dev.driver_override
+    if override is not None:
+        print(f"note: driver_override is still {override}; `pyvfio unbind --reprobe "
+              f"{dev.name}` hands the device back to the driver matching its IDs",
+              file=sys.stderr)
+    return 0

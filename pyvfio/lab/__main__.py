@@ -1,0 +1,11 @@
+"""``python -m pyvfio.lab``: the same subcommands as ``pyvfio lab``."""
+import argparse
+import sys
+
+from pyvfio.cli import lab
+
+parser = argparse.ArgumentParser(prog="python -m pyvfio.lab", description=lab.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+lab.add_commands(parser)
+args = parser.parse_args()
+sys.exit(args.func(args))
