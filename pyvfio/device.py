@@ -189,33 +189,12 @@ class Device:
         syscalls.ioctl(fd, lib.VFIO_DEVICE_PCI_HOT_RESET, p.ptr, device=self.name)
 
     # -- features -------------------------------------------------------------------
-    def feature(self, feature: int, flags: int, payload: bytes = b"", out_size: int = 0) -> bytes:
-        """``VFIO_DEVICE_FEATURE`` with raw payload; returns the payload the kernel wrote."""
-        size = max(len(payload), out_size)
-        p = argsz.new_var("struct vfio_device_feature", "data", size, flags=flags | feature)
-        if payload:
-            ffi.memmove(p.ptr.data, payload, len(payload))
-        try:
-            syscalls.ioctl(self._check_open(), lib.VFIO_DEVICE_FEATURE, p.ptr, device=self.name)
-        except errors.PyvfioError as exc:
-            if exc.errno in (25, 95, 22) and isinstance(exc, (errors.NotSupportedError,
-                                                                errors.InvalidArgumentError)):
-                raise errors.NotSupportedError(
-                    f"feature {feature} is not supported by this device or kernel",
-                    errno=exc.errno, op="VFIO_DEVICE_FEATURE", device=self.name) from None
-            raise
-        return bytes(ffi.buffer(p.ptr.data, size))
-
-    def probe_feature(self, feature: int, *, get: bool = True, set: bool = False) -> bool:
-        """FEATURE_PROBE: whether the device supports ``feature`` for get/set."""
-        flags = lib.VFIO_DEVICE_FEATURE_PROBE
-        flags |= lib.VFIO_DEVICE_FEATURE_GET if get else 0
-        flags |= lib.VFIO_DEVICE_FEATURE_SET if set else 0
-        try:
-            self.feature(feature, flags)
-            return True
-        except errors.NotSupportedError:
-            return False
+    @property
+    def features(self):
+        """``VFIO_DEVICE_FEATURE``: migration, low power, DMA logging (a :class:`Features`)."""
+        from .features import Features
+        self._check_open()
+        return Features(self)
 
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:

@@ -131,7 +131,7 @@ def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
         elif kind == "igb":
             # its SR-IOV VFs need device numbers past the PF's: give it a bus of its own
             args += ["-netdev", f"hubport,id=net{i},hubid={i}",
-                     "-device", f"pcie-root-port,id=labport{i},chassis={i + 1},{addr}",
+                     "-device", f"pcie-root-port,id=labport{i},chassis={i + 1},hotplug=off,{addr}",
                      "-device", f"igb,netdev=net{i},bus=labport{i}"]
         else:
             wide = "" if iommu or kind != "edu" else ",dma_mask=0xffffffffffffffff"
