@@ -14,6 +14,7 @@ of it, in order, when it is closed.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from . import argsz, errors, syscalls
@@ -241,50 +242,22 @@ class Device:
 # opening a device
 # ---------------------------------------------------------------------------
 
-def _sysfs_device(name: str, sysfs: str) -> str:
-    for bus in ("pci", "mdev"):
-        path = os.path.join(sysfs, "bus", bus, "devices", name)
-        if os.path.exists(path):
-            return path
-    raise errors.NotFoundError(f"no such device in {sysfs}/bus/{{pci,mdev}}/devices",
-                               device=name, remedy="check the address with `pyvfio ls`")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
-def _bound_to_vfio(devpath: str, name: str) -> None:
-    drv = os.path.join(devpath, "driver")
-    driver = os.path.basename(os.readlink(drv)) if os.path.islink(drv) else None
-    if driver is None or not (driver.startswith("vfio") or driver.endswith("_vfio")
-                              or os.path.isdir(os.path.join(devpath, "vfio-dev"))
-                              or "mdev" in devpath):
+def _locate(name: str, sysfs: str, devroot: str):
+    """The sysfs view of ``name``: a PciDevice, or an Mdev for a UUID; checked bound to VFIO."""
+    if _UUID.match(name):
+        from . import mdev
+        return mdev.get(name, sysfs=sysfs, devroot=devroot)
+    from . import pci
+    dev = pci.get(name, sysfs=sysfs, devroot=devroot)
+    driver = dev.driver
+    if not driver or "vfio" not in driver:
         raise errors.NotBoundError(
-            f"not bound to vfio-pci (driver: {driver or 'none'})", device=name,
-            remedy=f"pyvfio bind {name}")
-
-
-def _cdev_path(devpath: str, devroot: str) -> Optional[str]:
-    d = os.path.join(devpath, "vfio-dev")
-    if os.path.isdir(d):
-        for entry in sorted(os.listdir(d)):
-            node = os.path.join(devroot, "vfio", "devices", entry)
-            if os.path.exists(node):
-                return node
-    return None
-
-
-def _group_path(devpath: str, devroot: str, name: str) -> str:
-    link = os.path.join(devpath, "iommu_group")
-    if not os.path.islink(link):
-        raise errors.NotFoundError("the device has no IOMMU group", device=name,
-                                   remedy="enable the IOMMU (intel_iommu=on / amd_iommu=on), or "
-                                          "load vfio with enable_unsafe_noiommu_mode=1")
-    number = os.path.basename(os.readlink(link))
-    for node in (number, f"noiommu-{number}"):
-        path = os.path.join(devroot, "vfio", node)
-        if os.path.exists(path):
-            return path
-    raise errors.NotFoundError(f"no VFIO group node for IOMMU group {number}", device=name,
-                               path=os.path.join(devroot, "vfio", number),
-                               remedy=f"bind the device to vfio-pci: pyvfio bind {name}")
+            f"not bound to vfio-pci (driver: {driver or 'none'})", device=dev.name,
+            remedy=f"pyvfio bind {dev.name}")
+    return dev
 
 
 def open_device(name: str, *, iommu: str = "auto", sysfs: str = "/sys", devroot: str = "/dev",
@@ -299,9 +272,9 @@ def open_device(name: str, *, iommu: str = "auto", sysfs: str = "/sys", devroot:
     """
     if iommu not in ("auto", "iommufd", "container"):
         raise errors.InvalidArgumentError(f"iommu must be auto, iommufd or container, not {iommu!r}")
-    devpath = _sysfs_device(name, sysfs)
-    _bound_to_vfio(devpath, name)
-    cdev = _cdev_path(devpath, devroot)
+    where = _locate(name, sysfs, devroot)
+    name = where.name if hasattr(where, "address") else name
+    cdev = where.vfio_cdev_path()
     has_iommufd = os.path.exists(os.path.join(devroot, "iommu"))
     if iommu == "iommufd" or (iommu == "auto" and cdev and has_iommufd and not allow_noiommu):
         if not cdev:
@@ -309,8 +282,11 @@ def open_device(name: str, *, iommu: str = "auto", sysfs: str = "/sys", devroot:
                 "the device has no VFIO cdev", device=name,
                 remedy="needs a kernel with CONFIG_VFIO_DEVICE_CDEV=y, or use iommu='container'")
         return _open_iommufd(name, cdev, devroot)
-    return _open_container(name, _group_path(devpath, devroot, name), devroot, sysfs,
-                           allow_noiommu, iommu_model)
+    group_path = where.vfio_group_path()
+    if not os.path.exists(group_path):
+        raise errors.NotFoundError("no VFIO group node", device=name, path=group_path,
+                                   remedy=f"bind the device to vfio-pci: pyvfio bind {name}")
+    return _open_container(name, group_path, devroot, sysfs, allow_noiommu, iommu_model)
 
 
 def _open_iommufd(name: str, cdev: str, devroot: str) -> Device:
