@@ -32,11 +32,8 @@ def _guest_noiommu_enabled() -> bool:
     return True
 
 
-def _real_edu(path: str, lab_target, index: int = 0):
-    from pyvfio import pci
-    edus = pci.find(vendor=EDU[0], device=EDU[1])
-    if len(edus) <= index:
-        pytest.skip("the guest has no emulated edu device")
+def require_vfio_path(path: str, lab_target) -> None:
+    """Skip unless this lab guest offers VFIO path ``path`` (container, iommufd, noiommu)."""
     if path == "noiommu":
         if lab_target.iommu:
             pytest.skip("no-IOMMU mode needs a guest without an IOMMU (full kernel, iommu=off)")
@@ -45,7 +42,16 @@ def _real_edu(path: str, lab_target, index: int = 0):
     elif not lab_target.iommu:
         pytest.skip(f"the {path} path needs the emulated IOMMU (this guest boots without one)")
     elif path == "iommufd" and not os.path.exists("/dev/iommu"):
-        pytest.skip(f"kernel {lab_target.kernel} has no IOMMUFD/VFIO_DEVICE_CDEV")
+        pytest.skip(f"kernel {lab_target.kernel} has no IOMMUFD/VFIO_DEVICE_CDEV "
+                    "(the full kernel has: --kernel full)")
+
+
+def _real_edu(path: str, lab_target, index: int = 0):
+    from pyvfio import pci
+    edus = pci.find(vendor=EDU[0], device=EDU[1])
+    if len(edus) <= index:
+        pytest.skip("the guest has no emulated edu device")
+    require_vfio_path(path, lab_target)
     return edus[index]
 
 

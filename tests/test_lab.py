@@ -129,7 +129,7 @@ def test_qemu_command_with_iommu(tmp_path: Path) -> None:
     config = machine.MachineConfig(vmlinux=Path("/k/vmlinux"), initrd=Path("/k/initrd"),
                                    devices=("edu", "edu", "nvme", "e1000e", "igb"))
     models = frozenset({"edu", "nvme", "e1000e", "igb"})
-    cmd = machine.qemu_command(config, tmp_path, [Path("/work/a")], "qemu", models)
+    cmd = machine.qemu_command(config, tmp_path, [Path("/srv/project")], "qemu", models)
     line = " ".join(cmd)
     assert cmd[0] == "qemu"
     assert "-machine q35,kernel-irqchip=split" in line
@@ -140,22 +140,24 @@ def test_qemu_command_with_iommu(tmp_path: Path) -> None:
     assert "intel_iommu=on" in append.split() and "console=ttyS0" in append.split()
     assert "local,path=/,mount_tag=hostroot,security_model=none,readonly=on" in line
     assert f"local,path={tmp_path},mount_tag=labrun" in line
-    assert "local,path=/work/a,mount_tag=labrw0" in line
-    assert (tmp_path / "mounts").read_text() == "labrw0 /work/a\n"
+    assert "local,path=/srv/project,mount_tag=labrw0" in line
+    assert (tmp_path / "mounts").read_text() == "labrw0 /srv/project\n"
     assert "-device edu,addr=0x10" in line and "-device edu,addr=0x11" in line
     assert "nvme,serial=pyvfio-nvme2,drive=nvme2,addr=0x12" in line
     assert (tmp_path / "nvme2.img").stat().st_size == machine.NVME_IMAGE_BYTES
     assert "e1000e,netdev=net3,addr=0x13" in line
-    assert "pcie-root-port,id=labport4,chassis=5,addr=0x14" in line
+    assert "pcie-root-port,id=labport4,chassis=5," in line and ",addr=0x14 " in line
     assert "igb,netdev=net4,bus=labport4" in line
 
 
 def test_qemu_command_without_iommu(tmp_path: Path) -> None:
     config = machine.MachineConfig(vmlinux=Path("v"), initrd=Path("i"), iommu=False,
-                                   devices=(), mem_mb=512, append=("foo=1",),
+                                   devices=("edu",), mem_mb=512, append=("foo=1",),
                                    qemu_args=("-s",))
-    cmd = machine.qemu_command(config, tmp_path, [], "qemu", frozenset())
+    cmd = machine.qemu_command(config, tmp_path, [], "qemu", frozenset({"edu"}))
     assert "intel-iommu" not in " ".join(cmd)
+    # no-IOMMU DMA uses physical addresses: edu gets a 64-bit DMA mask
+    assert "edu,addr=0x10,dma_mask=0xffffffffffffffff" in cmd
     assert cmd[cmd.index("-machine") + 1] == "q35"
     assert cmd[cmd.index("-m") + 1] == "512"
     append = cmd[cmd.index("-append") + 1].split()
@@ -383,6 +385,20 @@ def test_run_guest_streams_output_and_returns_status(fake_qemu: Path, tmp_path: 
     assert result.files == {"junit.xml": b"<testsuites/>"}
     assert not os.listdir(tmp_path / "runs")
     assert_gone(tmp_path / "qemu.pid")
+
+
+def test_run_dirs_of_killed_processes_are_swept(fake_qemu: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_MODE", "ok")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / "runs" / f"pyvfio-lab-{gone.pid}-abcd"
+    live = tmp_path / "runs" / f"pyvfio-lab-{os.getpid()}-efgh"
+    stale.mkdir()
+    live.mkdir()
+    machine.run_guest(fake_config(tmp_path, fake_qemu), "true", env={}, cwd=tmp_path,
+                      output=lambda data: None)
+    assert not stale.exists() and live.exists()
 
 
 def test_boot_timeout_shows_console_tail(fake_qemu: Path, tmp_path: Path,

@@ -17,6 +17,7 @@ import struct
 from types import SimpleNamespace
 
 import pytest
+from conftest import require_vfio_path
 
 from pyvfio import errors, pci, syscalls
 from pyvfio.device import open_device
@@ -39,17 +40,7 @@ def nvme_dev(request, lab_target):
     found = pci.find(vendor=NVME_ID[0], device=NVME_ID[1])
     if not found:
         pytest.skip("the guest has no emulated NVMe controller (lab run --device nvme)")
-    if path == "noiommu":
-        if lab_target.iommu:
-            pytest.skip("no-IOMMU mode needs a guest without an IOMMU (full kernel, iommu=off)")
-        from conftest import _guest_noiommu_enabled
-        if not _guest_noiommu_enabled():
-            pytest.skip(f"kernel {lab_target.kernel} has no CONFIG_VFIO_NOIOMMU")
-    elif not lab_target.iommu:
-        pytest.skip(f"the {path} path needs the emulated IOMMU (this guest boots without one)")
-    elif path == "iommufd" and not os.path.exists("/dev/iommu"):
-        pytest.skip(f"kernel {lab_target.kernel} has no IOMMUFD/VFIO_DEVICE_CDEV "
-                    "(the full kernel has: --kernel full)")
+    require_vfio_path(path, lab_target)
     dev = found[0]
     with dev.bound("vfio-pci"):
         yield SimpleNamespace(path=path, pci=dev, index=dev.address.slot - FIRST_SLOT)

@@ -25,7 +25,7 @@ __all__ = ["register", "add_commands", "LAB_FAILED"]
 LAB_FAILED = 125
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``pyvfio lab`` and its subcommands."""
     parser = subparsers.add_parser(
         "lab", help="run commands against real drivers in a throw-away QEMU guest",
@@ -91,7 +91,7 @@ def _guest_options(parser: argparse.ArgumentParser) -> None:
                         help="keep the run directory (console.log, dmesg, qemu.cmd)")
 
 
-def _options(args: argparse.Namespace, devices: Tuple[str, ...]) -> "LabOptions":
+def _options(args: argparse.Namespace, devices: Tuple[str, ...]) -> LabOptions:
     from pyvfio.lab.runner import LabOptions
     return LabOptions(kernel=args.kernel, iommu=args.iommu == "on", devices=devices,
                       mem_mb=args.mem, cpus=args.cpus, accel=args.accel, timeout=args.timeout,

@@ -35,8 +35,7 @@ class AptUnavailableError(LabError):
 class KernelPackageError(LabError):
     """A Debian kernel package could not be found or downloaded."""
     default_remedy = ("run `apt-get update`; the 6.12 kernel packages come from "
-                      "bookworm-backports: add `deb http://deb.debian.org/debian "
-                      "bookworm-backports main` to the apt sources")
+                      "bookworm-backports: enable that suite in the apt sources")
 
 
 class ToolMissingError(LabError):

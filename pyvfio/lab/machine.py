@@ -43,6 +43,7 @@ DEVICE_KINDS = ("edu", "nvme", "e1000e", "igb")
 FIRST_SLOT = 0x10
 NVME_IMAGE_BYTES = 64 << 20
 _CONSOLE_TAIL_LINES = 40
+_RUN_PREFIX = "pyvfio-lab-"
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def run_guest(config: MachineConfig, command: str, *, env: Mapping[str, str], cw
     qemu = config.qemu or find_qemu()
     models = qemu_device_models(qemu)
     with interruptible():
-        run_dir = Path(tempfile.mkdtemp(prefix="pyvfio-lab-"))
+        run_dir = _new_run_dir()
         proc: Optional[subprocess.Popen] = None
         try:
             _write_env(run_dir, command, env, cwd)
@@ -241,6 +242,26 @@ def run_guest(config: MachineConfig, command: str, *, env: Mapping[str, str], cw
                     info(f"run directory kept: {run_dir}")
                 else:
                     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _new_run_dir() -> Path:
+    """A fresh run directory named after this process; first sweeps away those of
+    lab processes that no longer exist (killed outright, they could not clean up)."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{_RUN_PREFIX}*-*"):
+        pid = stale.name[len(_RUN_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_RUN_PREFIX}{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _result(proc: subprocess.Popen, run_dir: Path, boot: Optional[float], wall: float,

@@ -98,7 +98,7 @@ class ModuleInfo:
     aliases: List[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> "ModuleInfo":
+    def load(cls, path: Path) -> ModuleInfo:
         """Read and parse a (possibly compressed) module file."""
         blob = read_module(path)
         info = cls(name=canonical(path.name.split(".ko")[0]), path=path, blob=blob)

@@ -61,7 +61,7 @@ class LabTarget:
     iommu: bool = False
 
     @classmethod
-    def current(cls) -> "LabTarget":
+    def current(cls) -> LabTarget:
         """The target of this process: a lab guest (``PYVFIO_LAB=1``) or the mock."""
         if not in_guest():
             return cls("mock")
@@ -221,7 +221,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.OK
 
 
-def pytest_terminal_summary(terminalreporter: "pytest.TerminalReporter",
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
                             config: pytest.Config) -> None:
     if in_guest():
         return
@@ -314,7 +314,7 @@ def _guest_command(config: pytest.Config, color: bool) -> List[str]:
 
 
 def _run_guest(session: pytest.Session, config: GuestConfig,
-               reporter: Optional["pytest.TerminalReporter"]) -> GuestOutcome:
+               reporter: Optional[pytest.TerminalReporter]) -> GuestOutcome:
     """Boot the guest of ``config``, run the device tests in it, collect the results."""
     from pyvfio.lab._host import interruptible
     from pyvfio.lab.errors import LabError, LabInterrupted
@@ -333,6 +333,7 @@ def _run_guest(session: pytest.Session, config: GuestConfig,
 
     title = f"pyvfio lab guest: {config.flavour} kernel, iommu={'on' if config.iommu else 'off'}"
     if reporter is not None:
+        reporter.line("")  # end the progress line of the host's tests
         reporter.write_sep("=", title, cyan=True)
     else:
         write(f"=== {title} ===\n")
@@ -366,7 +367,7 @@ def _run_guest(session: pytest.Session, config: GuestConfig,
     return outcome
 
 
-def _add_to_stats(reporter: "pytest.TerminalReporter", outcome: GuestOutcome) -> None:
+def _add_to_stats(reporter: pytest.TerminalReporter, outcome: GuestOutcome) -> None:
     """Count a guest's results in the session's own summary line (and its FAILED list)."""
     label = f"real {outcome.release or '?'} {outcome.config.name}"
     state = reporter.config.stash[_STATE]
