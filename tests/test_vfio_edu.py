@@ -177,3 +177,20 @@ def test_device_reset_restores_registers(edu):
     edu.bar.write32(0x04, 0x1)
     edu.device.reset()
     assert edu.bar.read32(0x00) == 0x010000ED
+
+
+def test_msi_awaited_from_asyncio(edu):
+    import asyncio
+    msi = edu.device.msi
+    msi.enable()
+
+    async def raise_then_wait():
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, edu.raise_irq, 0x10)
+        return await msi.wait_async(timeout=10)
+
+    assert asyncio.run(raise_then_wait()) >= 1
+    assert edu.irq_status == 0x10
+    edu.ack_irq(0x10)
+    with pytest.raises(errors.TimeoutError_):
+        asyncio.run(msi.wait_async(timeout=0.2))
