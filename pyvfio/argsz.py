@@ -14,7 +14,7 @@ Every caller in pyvfio uses :func:`get_info`, :func:`new_var` and
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any, Dict, Iterator, Mapping, NamedTuple, Optional
+from typing import Any, Dict, Iterator, Mapping, NamedTuple, Optional, Tuple
 
 from . import errors, syscalls
 from .uapi import ffi, lib
@@ -59,17 +59,27 @@ def new(ctype: str, **fields: Any) -> Any:
 
     VFIO structs say their size in ``argsz``; iommufd structs in ``size``.
     """
-    p = ffi.new(ctype + " *")
+    info = _NEW.get(ctype)
+    if info is None:
+        info = _NEW[ctype] = _new_info(ctype)
+    ptype, sizefield, size = info
+    if sizefield is not None:
+        fields.setdefault(sizefield, size)
+    return ffi.new(ptype, fields)
+
+
+def _new_info(ctype: str) -> Tuple[Any, Optional[str], int]:
     names = _fieldnames(ctype)
     if "argsz" in names:
-        p.argsz = ffi.sizeof(ctype)
+        field: Optional[str] = "argsz"
     elif ctype.startswith("struct iommu_") and "size" in names:
-        p.size = ffi.sizeof(ctype)
-    for k, v in fields.items():
-        setattr(p, k, v)
-    return p
+        field = "size"
+    else:
+        field = None
+    return ffi.typeof(ctype + " *"), field, ffi.sizeof(ctype)
 
 
+_NEW: Dict[str, Tuple[Any, Optional[str], int]] = {}
 _FIELDS: Dict[str, frozenset] = {}
 
 

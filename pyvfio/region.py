@@ -87,6 +87,7 @@ class Region:
         self.flags = self.info.flags
         self._areas: List[_Area] = []
         self._whole: Optional[_Area] = None      # fast path: one area covering the region
+        self._last32 = self.size - 4
         self._closed = False
 
     # -- properties -------------------------------------------------------
@@ -200,7 +201,7 @@ class Region:
     def read32(self, off: int) -> int:
         """A single 32-bit load (or a 4-byte pread) at ``off``."""
         w = self._whole
-        if w is not None and not off & 3 and 0 <= off <= self.size - 4:
+        if w is not None and not off & 3 and 0 <= off <= self._last32:
             return w.p32[off >> 2]
         return self._read(off, 4)
 
@@ -216,9 +217,12 @@ class Region:
     def write32(self, off: int, value: int) -> None:
         """A single 32-bit store (or a 4-byte pwrite) at ``off``."""
         w = self._whole
-        if w is not None and not off & 3 and 0 <= off <= self.size - 4 and 0 <= value <= 0xFFFFFFFF:
-            w.p32[off >> 2] = value
-            return
+        if w is not None and not off & 3 and 0 <= off <= self._last32:
+            try:
+                w.p32[off >> 2] = value
+                return
+            except OverflowError:
+                pass                   # reported with the device's name below
         self._write(off, 4, value)
 
     def write64(self, off: int, value: int) -> None:
