@@ -15,6 +15,7 @@ import errno
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from ..uapi import ffi, lib
+from .type1 import dma_avail_cap, iova_range_cap
 from ._util import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_from_user,
                     copy_to_user, fail, field_end, user_range_ok, write_user)
 
@@ -798,25 +799,10 @@ class IommufdCtx:
         info.flags = lib.VFIO_IOMMU_INFO_PGSIZES
         info.iova_pgsizes = max(bitmap, ioas.iova_alignment)
         info.cap_offset = 0
-        avail = ffi.new("struct vfio_iommu_type1_info_dma_avail *")
-        avail.header.id = lib.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL
-        avail.header.version = 1
-        avail.avail = U32_MAX
-        holes = ioas.holes()
-        rctype = "struct vfio_iommu_type1_info_cap_iova_range"
-        rsize = ffi.sizeof(rctype) + len(holes) * ffi.sizeof("struct vfio_iova_range")
-        rbuf = ffi.new("char[]", rsize)
-        rcap = ffi.cast(rctype + " *", rbuf)
-        rcap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
-        rcap.header.version = 1
-        rcap.nr_iovas = len(holes)
-        for i, (lo, hi) in enumerate(holes):
-            rcap.iova_ranges[i].start = lo
-            rcap.iova_ranges[i].end = hi
         total = ffi.sizeof(ctype)
         last = None
         next_at = ffi.offsetof("struct vfio_info_cap_header", "next")
-        for cap in (bytes(ffi.buffer(avail)), bytes(ffi.buffer(rbuf, rsize))):
+        for cap in (dma_avail_cap(U32_MAX), iova_range_cap(ioas.holes())):
             if info.argsz > total and info.argsz - total >= len(cap):
                 write_user(addr + total, cap)
             if last is not None and info.argsz >= total:

@@ -173,24 +173,10 @@ class Type1Iommu:
         mig.pgsize_bitmap = self.min_pgsize
         mig.max_dirty_bitmap_size = DIRTY_BITMAP_SIZE_MAX
         chain.append(bytes(ffi.buffer(mig)))
-        avail = ffi.new("struct vfio_iommu_type1_info_dma_avail *")
-        avail.header.id = lib.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL
-        avail.header.version = 1
-        avail.avail = self.dma_avail
-        chain.append(bytes(ffi.buffer(avail)))
+        chain.append(dma_avail_cap(self.dma_avail))
         ranges = self.iova_ranges()
         if ranges:
-            ctype = "struct vfio_iommu_type1_info_cap_iova_range"
-            size = ffi.sizeof(ctype) + len(ranges) * ffi.sizeof("struct vfio_iova_range")
-            buf = ffi.new("char[]", size)
-            cap = ffi.cast(ctype + " *", buf)
-            cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
-            cap.header.version = 1
-            cap.nr_iovas = len(ranges)
-            for i, (lo, hi) in enumerate(ranges):
-                cap.iova_ranges[i].start = lo
-                cap.iova_ranges[i].end = hi
-            chain.append(bytes(ffi.buffer(buf, size)))
+            chain.append(iova_range_cap(ranges))
         return link_caps(chain, ffi.sizeof("struct vfio_iommu_type1_info"))
 
     def _get_info(self, addr: int) -> int:
@@ -366,6 +352,30 @@ class Type1Iommu:
 
     def close_summary(self) -> List[str]:
         return [f"type1 mapping iova {d.iova:#x} size {d.size:#x} vaddr {d.vaddr:#x}" for d in self.dmas]
+
+
+def dma_avail_cap(avail: int) -> bytes:
+    """VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL as the kernel writes it."""
+    cap = ffi.new("struct vfio_iommu_type1_info_dma_avail *")
+    cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL
+    cap.header.version = 1
+    cap.avail = avail
+    return bytes(ffi.buffer(cap))
+
+
+def iova_range_cap(ranges: List[Tuple[int, int]]) -> bytes:
+    """VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE listing inclusive (start, end) ranges."""
+    ctype = "struct vfio_iommu_type1_info_cap_iova_range"
+    size = ffi.sizeof(ctype) + len(ranges) * ffi.sizeof("struct vfio_iova_range")
+    buf = ffi.new("char[]", size)
+    cap = ffi.cast(ctype + " *", buf)
+    cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
+    cap.header.version = 1
+    cap.nr_iovas = len(ranges)
+    for i, (lo, hi) in enumerate(ranges):
+        cap.iova_ranges[i].start = lo
+        cap.iova_ranges[i].end = hi
+    return bytes(ffi.buffer(buf, size))
 
 
 def link_caps(chain: List[bytes], base: int) -> bytes:
