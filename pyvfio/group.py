@@ -51,22 +51,14 @@ class Group:
         return bool(self.status & lib.VFIO_GROUP_FLAGS_VIABLE)
 
     def check_viable(self) -> None:
-        """Raise :class:`NotViableError` naming the group's devices bound elsewhere."""
+        """Raise :class:`NotViableError` naming the group's devices bound to host drivers."""
         if self.viable:
             return
-        culprits = []
-        members = os.path.join(self.sysfs, "kernel", "iommu_groups", str(self.number), "devices")
-        for bdf in sorted(os.listdir(members)) if os.path.isdir(members) else ():
-            drv = os.path.join(members, bdf, "driver")
-            name = os.path.basename(os.readlink(drv)) if os.path.islink(drv) else None
-            if name not in (None, "vfio-pci", "pci-stub", "pcieport"):
-                culprits.append(f"{bdf} (bound to {name})")
-        detail = ", ".join(culprits) or "a device of the group is bound to a host driver"
-        raise errors.NotViableError(
-            f"IOMMU group {self.number} is not viable: {detail}", path=self.path,
-            remedy="bind every device of the group to vfio-pci: "
-                   + "; ".join(f"pyvfio bind {c.split()[0]}" for c in culprits)
-            if culprits else None)
+        from . import pci
+        blockers = pci.group_blockers(self.number, self.sysfs)
+        if blockers:
+            raise pci.not_viable_error(self.number, blockers, path=self.path)
+        raise errors.NotViableError(f"IOMMU group {self.number} is not viable", path=self.path)
 
     def set_container(self, container) -> None:
         """``VFIO_GROUP_SET_CONTAINER``: attach the group to ``container``."""

@@ -25,7 +25,7 @@ from . import errors
 
 __all__ = [
     "PciAddress", "PciDevice", "Resource", "USER_DMA_DRIVERS", "driver_allows_user_dma",
-    "devices", "find", "get", "modprobe",
+    "devices", "find", "get", "modprobe", "group_entries", "group_blockers", "not_viable_error",
 ]
 
 PCI_DEVICES = "bus/pci/devices"
@@ -203,6 +203,34 @@ def _link_name(path: str) -> Optional[str]:
 def _group_number(devpath: str) -> Optional[int]:
     name = _link_name(os.path.join(devpath, "iommu_group"))
     return int(name) if name is not None and name.isdigit() else None
+
+
+def group_entries(group: int, sysfs: str = "/sys") -> List[Tuple[str, Optional[str]]]:
+    """(name, driver) of every device in IOMMU group ``group``, PCI or not, sorted by name."""
+    devdir = os.path.join(sysfs, IOMMU_GROUPS, str(group), "devices")
+    try:
+        names = sorted(os.listdir(devdir))
+    except FileNotFoundError:
+        return []
+    return [(n, _link_name(os.path.join(devdir, n, "driver"))) for n in names]
+
+
+def group_blockers(group: int, sysfs: str = "/sys") -> List[Tuple[str, str]]:
+    """(device, driver) of each member of ``group`` whose driver keeps it from VFIO."""
+    return [(name, drv) for name, drv in group_entries(group, sysfs)
+            if drv is not None and not driver_allows_user_dma(drv)]
+
+
+def not_viable_error(group: int, blockers: List[Tuple[str, str]], *,
+                     device: Optional[str] = None,
+                     path: Optional[str] = None) -> errors.NotViableError:
+    """The error for a group held back by ``blockers``: names each and how to free it."""
+    named = ", ".join(f"{name} bound to {drv}" for name, drv in blockers)
+    binds = "; ".join(f"`pyvfio bind {name}`" if _BDF.match(name) else
+                      f"unbind {name} from {drv}" for name, drv in blockers)
+    return errors.NotViableError(
+        f"IOMMU group {group} is not viable: {named}", device=device, path=path,
+        remedy=f"hand every device of group {group} to vfio-pci (or unbind it): {binds}")
 
 
 def _vfio_group_path(devpath: str, device: str, devroot: str) -> str:
@@ -384,15 +412,8 @@ class PciDevice:
 
     def _group_entries(self) -> List[Tuple[str, Optional[str]]]:
         """(name, driver) of every device in the group, PCI or not, sorted by name."""
-        group_dir = self._group_dir()
-        if group_dir is None:
-            return []
-        devdir = os.path.join(group_dir, "devices")
-        try:
-            names = sorted(os.listdir(devdir))
-        except FileNotFoundError:
-            return []
-        return [(n, _link_name(os.path.join(devdir, n, "driver"))) for n in names]
+        group = self.iommu_group
+        return [] if group is None else group_entries(group, self.sysfs)
 
     def group_members(self) -> List["PciDevice"]:
         """The PCI devices of this device's IOMMU group (itself included); [] without one."""
@@ -424,14 +445,8 @@ class PciDevice:
                        "line), or load vfio with enable_unsafe_noiommu_mode=1 and "
                        f"`pyvfio bind {self.name}`")
         blockers = self.group_blockers()
-        if not blockers:
-            return
-        named = ", ".join(f"{name} bound to {drv}" for name, drv in blockers)
-        binds = "; ".join(f"`pyvfio bind {name}`" if _BDF.match(name) else
-                          f"unbind {name} from {drv}" for name, drv in blockers)
-        raise errors.NotViableError(
-            f"IOMMU group {group} is not viable: {named}", device=self.name,
-            remedy=f"hand every device of group {group} to vfio-pci (or unbind it): {binds}")
+        if blockers:
+            raise not_viable_error(group, blockers, device=self.name)
 
     def check_bound(self, driver: str = "vfio-pci") -> None:
         """Raise :class:`NotBoundError` unless the device is bound to ``driver``."""

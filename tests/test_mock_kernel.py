@@ -1254,3 +1254,20 @@ def test_update_vaddr_and_dirty_bitmap(edu):
         with raises_errno(errno.EINVAL):             # one operation at a time
             ctl(lib.VFIO_IOMMU_DIRTY_PAGES_FLAG_START | lib.VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)
         dma_unmap(c, 0, 0, lib.VFIO_DMA_UNMAP_FLAG_ALL)
+
+
+@pytest.mark.host
+def test_open_device_in_a_non_viable_group_names_the_culprit(tmp_path):
+    from pyvfio.device import open_device
+    from pyvfio.mock import EduModel, MockKernel
+    kernel = MockKernel(str(tmp_path), devices=[EduModel(bdf="0000:00:10.0", group=5,
+                                                          viable=False)])
+    before = syscalls.open_fds()
+    with syscalls.use(kernel):
+        with pytest.raises(errors.NotViableError) as ei:
+            open_device("0000:00:10.0", iommu="container", sysfs=kernel.sysfs,
+                        devroot=kernel.devroot)
+    text = str(ei.value)
+    assert "IOMMU group 5 is not viable" in text and "bound to e1000e" in text
+    assert "pyvfio bind" in ei.value.remedy
+    assert syscalls.open_fds() == before          # container and group were closed again
