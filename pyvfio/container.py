@@ -19,7 +19,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from . import argsz, errors, syscalls
 from .iommu import IoAddressSpace
-from .uapi import ffi, lib
+from .uapi import lib
 
 __all__ = ["Container", "Type1Info", "SpaprInfo", "IOMMU_TYPES"]
 

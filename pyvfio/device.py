@@ -21,7 +21,7 @@ from . import argsz, errors, syscalls
 from .iommu import IoAddressSpace
 from .irq import Irq
 from .region import Region
-from .uapi import ffi, lib
+from .uapi import lib
 
 __all__ = ["Device", "DeviceInfo", "HotResetDevice", "open_device"]
 

@@ -55,6 +55,7 @@ class DmaBuffer:
         self._ptr = None
         self._mmap = None
         self.spaces: set = set()        # I/O address spaces that map this buffer
+        self._locked = False            # mlock'ed for physical_address()
         try:
             if kind == "anonymous":
                 self._mmap = syscalls.mmap(-1, self.size, what="DMA buffer")
@@ -142,9 +143,11 @@ class DmaBuffer:
         use ``kind="hugetlb"``.
         """
         self._bounds(offset, 1)
-        from .uapi import lib
-        if lib.mlock(self._ptr, self.size) != 0:
-            raise errors.from_errno(ffi.errno, op="mlock", remedy="raise RLIMIT_MEMLOCK")
+        if not self._locked:
+            from .uapi import lib
+            if lib.mlock(self._ptr, self.size) != 0:
+                raise errors.from_errno(ffi.errno, op="mlock", dma=True)
+            self._locked = True
         vaddr = self.vaddr + offset
         fd = syscalls.open("/proc/self/pagemap", os.O_RDONLY)
         try:

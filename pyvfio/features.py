@@ -3,8 +3,9 @@
 One ioctl multiplexes optional device capabilities, each with a payload of
 its own: migration (the device-state machine and its data fd), low-power
 entry and exit (runtime PM of an idle device), and DMA dirty-page logging.
-A device or kernel without a feature answers ENOTTY, EOPNOTSUPP or EINVAL;
-pyvfio turns those into :class:`~pyvfio.errors.NotSupportedError`.
+A device or kernel without a feature answers ENOTTY (or EOPNOTSUPP); pyvfio
+turns those into :class:`~pyvfio.errors.NotSupportedError` naming the feature.
+Other errors (EINVAL for a bad argument or migration arc) stay what they are.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ _FEATURE_NAMES = {
     lib.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP: "DMA logging stop",
     lib.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT: "DMA logging report",
 }
-_UNSUPPORTED = (_errno.ENOTTY, _errno.EOPNOTSUPP, _errno.EINVAL)
+_UNSUPPORTED = (_errno.ENOTTY, _errno.EOPNOTSUPP)
 
 
 class Features:

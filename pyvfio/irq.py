@@ -13,7 +13,7 @@ import os
 import select
 import struct
 import time
-from typing import Any, List, NamedTuple, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional
 
 from . import argsz, errors, syscalls
 from .uapi import ffi, lib

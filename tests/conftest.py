@@ -88,7 +88,8 @@ def dma_address(device, buf, offset: int = 0) -> int:
     """Where the device sees ``buf[offset]``: its IOVA, or its physical address without IOMMU."""
     if device.dma is None:
         return buf.physical_address(offset)
+    from pyvfio import errors
     try:
         return device.dma.iova_of(buf, offset)
-    except Exception:
+    except errors.IovaError:                       # not mapped yet
         return device.dma.map(buf, dma_mask_bits=28).iova + offset

@@ -1,11 +1,9 @@
 """DMA buffers and IOVA allocation."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from conftest import dma_address
 from pyvfio import errors, syscalls
 from pyvfio.dma import HUGE_1G, HUGE_2M, DmaBuffer, IovaAllocator
 from pyvfio.drivers.edu import Edu

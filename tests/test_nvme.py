@@ -12,7 +12,6 @@ The decoding tests (no marker) run on the host only.
 """
 from __future__ import annotations
 
-import os
 import struct
 from types import SimpleNamespace
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from pyvfio import errors, pci, syscalls
+from pyvfio import errors, pci
 from pyvfio.device import open_device
 
 pytestmark = pytest.mark.device

@@ -9,9 +9,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
-from typing import List, Optional
+import sys
+from typing import Callable, List, Optional
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "reports_errors"]
+
+
+def reports_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a subcommand; a pyvfio error becomes its message (with the remedy) and status 1."""
+    def run(args: argparse.Namespace) -> int:
+        from pyvfio import errors
+        try:
+            return int(func(args))
+        except errors.PyvfioError as exc:
+            print(f"pyvfio {args.topic}: {exc}", file=sys.stderr)
+            return 1
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

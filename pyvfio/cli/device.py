@@ -6,7 +6,8 @@ import json
 from typing import Any, Dict, List
 
 from pyvfio import errors, pci
-from pyvfio.cli.pci import _guarded, device_record
+from pyvfio.cli import reports_errors
+from pyvfio.cli.pci import device_record
 from pyvfio.irq import INDEX_NAMES
 from pyvfio.uapi import lib
 
@@ -30,14 +31,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--iommu", choices=("auto", "iommufd", "container"), default="auto")
     info.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)
-    info.set_defaults(func=_guarded(_info))
+    info.set_defaults(func=reports_errors(_info))
     reset = subparsers.add_parser("reset", help="reset a device bound to vfio-pci "
                                                 "(VFIO_DEVICE_RESET, or a hot reset with --bus)")
     reset.add_argument("bdf", metavar="BDF")
     reset.add_argument("--bus", action="store_true",
                        help="secondary bus reset (VFIO_DEVICE_PCI_HOT_RESET)")
     reset.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)
-    reset.set_defaults(func=_guarded(_reset))
+    reset.set_defaults(func=reports_errors(_reset))
 
 
 def _open(args: argparse.Namespace):

@@ -6,7 +6,8 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-from pyvfio import errors, pci
+from pyvfio import pci
+from pyvfio.cli import reports_errors
 
 __all__ = ["register", "viability", "device_record"]
 
@@ -38,7 +39,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     ls.add_argument("--device", type=_hex_id, metavar="HEX", help="only this device ID")
     ls.add_argument("--driver", metavar="NAME", help="only devices bound to this driver")
     _add_sysfs(ls)
-    ls.set_defaults(func=_guarded(_ls))
+    ls.set_defaults(func=reports_errors(_ls))
 
     bind = subparsers.add_parser(
         "bind", help="bind a PCI device to vfio-pci (or another driver)",
@@ -47,7 +48,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     bind.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:01:00.0 or 01:00.0")
     bind.add_argument("--driver", default="vfio-pci", help="driver to bind (default: vfio-pci)")
     _add_sysfs(bind)
-    bind.set_defaults(func=_guarded(_bind))
+    bind.set_defaults(func=reports_errors(_bind))
 
     unbind = subparsers.add_parser(
         "unbind", help="unbind a PCI device from its driver",
@@ -58,17 +59,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     unbind.add_argument("--reprobe", action="store_true",
                         help="clear driver_override and let the kernel pick a driver")
     _add_sysfs(unbind)
-    unbind.set_defaults(func=_guarded(_unbind))
-
-
-def _guarded(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except errors.PyvfioError as exc:
-            print(f"pyvfio {args.topic}: {exc}", file=sys.stderr)
-            return 1
-    return run
+    unbind.set_defaults(func=reports_errors(_unbind))
 
 
 def viability(dev: pci.PciDevice) -> str:
