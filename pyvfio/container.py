@@ -228,15 +228,17 @@ class Container(IoAddressSpace):
                                           remedy="call set_iommu() after attaching a group")
 
     def _map(self, vaddr: int, iova: int, size: int, readable: bool, writable: bool) -> None:
-        self._need("type1", "type1v2", "spapr", "spapr_v2")
+        name = self.iommu_name
+        if name not in ("type1", "type1v2", "spapr", "spapr_v2"):
+            self._need("type1", "type1v2", "spapr", "spapr_v2")
         if self._dma_avail is not None and len(self._mappings) >= self._dma_avail:
             raise errors.BusyError(
                 f"the IOMMU allows {self._dma_avail} more mappings (DMA_AVAIL) and all are used",
                 errno=28, path=self.path,
                 remedy="use fewer, larger buffers, or raise vfio_iommu_type1's dma_entry_limit")
-        if self.iommu_name == "spapr_v2" and not self._is_registered(vaddr, size):
+        if name == "spapr_v2" and not self._is_registered(vaddr, size):
             self.register_memory(vaddr, size)
-        if self.iommu_name == "spapr" and not self._enabled:
+        if name == "spapr" and not self._enabled:
             self.enable()
         flags = ((lib.VFIO_DMA_MAP_FLAG_READ if readable else 0)
                  | (lib.VFIO_DMA_MAP_FLAG_WRITE if writable else 0))

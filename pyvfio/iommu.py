@@ -35,6 +35,7 @@ class IoAddressSpace:
 
     def __init__(self) -> None:
         self._mappings: Dict[int, DmaMapping] = {}
+        self._per_buffer: Dict[int, int] = {}      # id(buffer) -> its mappings here
         self._allocator: Optional[IovaAllocator] = None
         self._closed = False
 
@@ -111,10 +112,14 @@ class IoAddressSpace:
         except BaseException:
             alloc.free(iova)
             raise
-        m = DmaMapping(iova, size, vaddr, readable, writable, buffer)
-        self._mappings[iova] = m
-        if buffer is not None:
-            buffer.spaces.add(self)
+        return self._record(DmaMapping(iova, size, vaddr, readable, writable, buffer))
+
+    def _record(self, m: DmaMapping) -> DmaMapping:
+        """Account for a mapping the kernel made (its IOVA already claimed)."""
+        self._mappings[m.iova] = m
+        if m.buffer is not None:
+            m.buffer.spaces.add(self)
+            self._per_buffer[id(m.buffer)] = self._per_buffer.get(id(m.buffer), 0) + 1
         return m
 
     def unmap(self, mapping: Union[DmaMapping, int]) -> None:
@@ -132,8 +137,12 @@ class IoAddressSpace:
         if self._allocator is not None:
             self._allocator.free(m.iova)
         buf = m.buffer
-        if buf is not None and not any(x.buffer is buf for x in self._mappings.values()):
-            buf.spaces.discard(self)
+        if buf is not None:
+            left = self._per_buffer.pop(id(buf)) - 1
+            if left:
+                self._per_buffer[id(buf)] = left
+            else:
+                buf.spaces.discard(self)
 
     def unmap_buffer(self, buffer: DmaBuffer) -> None:
         """Remove every mapping of ``buffer`` in this space."""
@@ -142,6 +151,7 @@ class IoAddressSpace:
                 self._mappings.pop(m.iova, None)
             else:
                 self.unmap(m)
+        self._per_buffer.pop(id(buffer), None)
         buffer.spaces.discard(self)
 
     def unmap_all(self) -> None:

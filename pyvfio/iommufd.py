@@ -13,7 +13,7 @@ import os
 from typing import List, Optional, Tuple
 
 from . import argsz, errors, syscalls
-from .iommu import IoAddressSpace
+from .iommu import DmaMapping, IoAddressSpace
 from .uapi import ffi, lib
 
 __all__ = ["IommuFd", "Ioas"]
@@ -164,10 +164,8 @@ class Ioas(IoAddressSpace):
         except BaseException:
             alloc.free(dst_iova)
             raise
-        from .iommu import DmaMapping
-        vaddr = srcmap.vaddr if srcmap else 0
-        self._mappings[dst_iova] = DmaMapping(dst_iova, length, vaddr, readable, writable,
-                                              srcmap.buffer if srcmap else None)
+        self._record(DmaMapping(dst_iova, length, srcmap.vaddr if srcmap else 0, readable,
+                                writable, srcmap.buffer if srcmap else None))
         return dst_iova
 
     def close(self) -> None:

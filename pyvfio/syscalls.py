@@ -216,8 +216,9 @@ def ioctl(fd: int, request: int, arg: Any = None, *, device: Optional[str] = Non
 
     ``dma=True`` tells the error mapping that the call pins memory.
     """
+    b = _backend if _backend is not None else backend()
     try:
-        return backend().ioctl(fd, request, arg)
+        return b.ioctl(fd, request, arg)
     except OSError as exc:
         path = _fds.get(fd, f"fd {fd}")
         raise _fail(exc, ioctl_name(request, path), path, device, remedy, dma) from None
