@@ -60,6 +60,19 @@ def copy_from_user(addr: int, ctype: str, size: Optional[int] = None) -> Any:
     return p
 
 
+def copy_args(addr: int, ctype: str, last: str, *, flags: Optional[int] = None) -> Any:
+    """Read an ioctl argument up to field ``last`` and check it as the kernel does.
+
+    EINVAL when ``argsz`` is below that size, or when ``flags`` is given and
+    the argument's flags have bits outside it.
+    """
+    minsz = field_end(ctype, last)
+    arg = copy_from_user(addr, ctype, minsz)
+    if arg.argsz < minsz or (flags is not None and arg.flags & ~flags):
+        raise fail(errno.EINVAL)
+    return arg
+
+
 def copy_to_user(addr: int, src: Any, size: int) -> None:
     """Write the first ``size`` bytes of the kernel-side struct ``src`` back."""
     if not addr:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from ..uapi import ffi, lib
 from .type1 import dma_avail_cap, iova_range_cap
-from ._util import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_from_user,
-                    copy_to_user, fail, field_end, user_range_ok, write_user)
+from ._util import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_args,
+                    copy_from_user, copy_to_user, fail, field_end, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel import MockKernel
@@ -785,10 +785,7 @@ class IommufdCtx:
 
     def _vfio_get_info(self, addr: int) -> int:
         ctype = "struct vfio_iommu_type1_info"
-        minsz = field_end(ctype, "iova_pgsizes")
-        info = copy_from_user(addr, ctype, minsz)
-        if info.argsz < minsz:
-            raise fail(errno.EINVAL)
+        info = copy_args(addr, ctype, "iova_pgsizes")
         size = min(info.argsz, ffi.sizeof(ctype))
         ioas = self.compat_ioas(create=False)
         bitmap = ULONG_MAX
@@ -818,10 +815,7 @@ class IommufdCtx:
 
     def _vfio_map(self, addr: int) -> int:
         ctype = "struct vfio_iommu_type1_dma_map"
-        minsz = field_end(ctype, "size")
-        m = copy_from_user(addr, ctype, minsz)
-        if m.argsz < minsz or m.flags & ~(lib.VFIO_DMA_MAP_FLAG_READ | lib.VFIO_DMA_MAP_FLAG_WRITE):
-            raise fail(errno.EINVAL)
+        m = copy_args(addr, ctype, "size", flags=lib.VFIO_DMA_MAP_FLAG_READ | lib.VFIO_DMA_MAP_FLAG_WRITE)
         prot = ((PROT_READ if m.flags & lib.VFIO_DMA_MAP_FLAG_READ else 0)
                 | (PROT_WRITE if m.flags & lib.VFIO_DMA_MAP_FLAG_WRITE else 0))
         ioas = self.compat_ioas(create=False)
@@ -836,9 +830,7 @@ class IommufdCtx:
     def _vfio_unmap(self, addr: int) -> int:
         ctype = "struct vfio_iommu_type1_dma_unmap"
         minsz = field_end(ctype, "size")
-        u = copy_from_user(addr, ctype, minsz)
-        if u.argsz < minsz or u.flags & ~lib.VFIO_DMA_UNMAP_FLAG_ALL:
-            raise fail(errno.EINVAL)
+        u = copy_args(addr, ctype, "size", flags=lib.VFIO_DMA_UNMAP_FLAG_ALL)
         ioas = self.compat_ioas(create=False)
         unmapped = 0
         try:

@@ -22,8 +22,8 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 from ..uapi import ffi, lib
 from .. import syscalls
 from . import sysfs as _sysfs
-from ._util import (PAGE_SIZE, Accounting, DmaFault, Translation, addr_of, copy_from_user,
-                    copy_to_user, fail, field_end, process_maps)
+from ._util import (PAGE_SIZE, Accounting, DmaFault, Translation, addr_of, copy_args,
+                    copy_from_user, copy_to_user, fail, field_end, process_maps)
 from .edu import EduModel, PciFunction
 from .iommufd import IommufdCtx
 from .spapr import SpaprTceIommu
@@ -368,9 +368,7 @@ class GroupFile(MockFile):
         if cmd == lib.VFIO_GROUP_GET_STATUS:
             ctype = "struct vfio_group_status"
             minsz = field_end(ctype, "flags")
-            st = copy_from_user(addr, ctype, minsz)
-            if st.argsz < minsz:
-                raise fail(errno.EINVAL)
+            st = copy_args(addr, ctype, "flags")
             st.flags = 0
             if g.has_iommu:
                 st.flags = lib.VFIO_GROUP_FLAGS_CONTAINER_SET | lib.VFIO_GROUP_FLAGS_VIABLE
@@ -484,19 +482,14 @@ class DeviceFile(MockFile):
             if cmd == lib.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
                 ctype = "struct vfio_device_attach_iommufd_pt"
                 minsz = field_end(ctype, "pt_id")
-                a = copy_from_user(addr, ctype, minsz)
-                if a.argsz < minsz or a.flags:
-                    raise fail(errno.EINVAL)
+                a = copy_args(addr, ctype, "pt_id", flags=0)
                 assert self.iommufd is not None
                 a.pt_id = self.iommufd.ctx.attach(dev.idev, a.pt_id)
                 copy_to_user(addr, a, minsz)
                 return 0
             if cmd == lib.VFIO_DEVICE_DETACH_IOMMUFD_PT:
                 ctype = "struct vfio_device_detach_iommufd_pt"
-                minsz = field_end(ctype, "flags")
-                d = copy_from_user(addr, ctype, minsz)
-                if d.argsz < minsz or d.flags:
-                    raise fail(errno.EINVAL)
+                copy_args(addr, ctype, "flags", flags=0)
                 assert self.iommufd is not None
                 self.iommufd.ctx.detach(dev.idev)
                 return 0

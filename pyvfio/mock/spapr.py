@@ -21,8 +21,8 @@ import errno
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from ..uapi import lib
-from ._util import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_from_user, copy_to_user,
-                    fail, field_end, user_range_ok)
+from ._util import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_args, copy_from_user,
+                    copy_to_user, fail, field_end, user_range_ok)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel import Group, MockKernel
@@ -280,10 +280,7 @@ class SpaprTceIommu:
         if not self.enabled:
             raise fail(errno.EPERM)
         ctype = "struct vfio_iommu_type1_dma_map"
-        minsz = field_end(ctype, "size")
-        m = copy_from_user(addr, ctype, minsz)
-        if m.argsz < minsz:
-            raise fail(errno.EINVAL)
+        m = copy_args(addr, ctype, "size")
         if m.flags & ~(lib.VFIO_DMA_MAP_FLAG_READ | lib.VFIO_DMA_MAP_FLAG_WRITE):
             raise fail(errno.EINVAL)
         self._create_default_window()
@@ -334,10 +331,7 @@ class SpaprTceIommu:
         if not self.enabled:
             raise fail(errno.EPERM)
         ctype = "struct vfio_iommu_type1_dma_unmap"
-        minsz = field_end(ctype, "size")
-        u = copy_from_user(addr, ctype, minsz)
-        if u.argsz < minsz or u.flags:
-            raise fail(errno.EINVAL)
+        u = copy_args(addr, ctype, "size", flags=0)
         self._create_default_window()
         tbl = self._find_table(u.iova)
         if tbl is None:
@@ -418,10 +412,7 @@ class SpaprTceIommu:
 
     def _regmem_arg(self, addr: int):  # type: ignore[no-untyped-def]
         ctype = "struct vfio_iommu_spapr_register_memory"
-        minsz = field_end(ctype, "size")
-        r = copy_from_user(addr, ctype, minsz)
-        if r.argsz < minsz or r.flags:
-            raise fail(errno.EINVAL)
+        r = copy_args(addr, ctype, "size", flags=0)
         return r
 
     def _get_info(self, addr: int) -> int:
@@ -429,9 +420,7 @@ class SpaprTceIommu:
             raise fail(errno.ENXIO)
         ctype = "struct vfio_iommu_spapr_tce_info"
         minsz = field_end(ctype, "dma32_window_size")
-        info = copy_from_user(addr, ctype, minsz)
-        if info.argsz < minsz:
-            raise fail(errno.EINVAL)
+        info = copy_args(addr, ctype, "dma32_window_size")
         start, size = self.kernel.spapr_dma32
         info.dma32_window_start = start
         info.dma32_window_size = size
@@ -454,9 +443,7 @@ class SpaprTceIommu:
             raise fail(errno.ENXIO)
         ctype = "struct vfio_iommu_spapr_tce_create"
         minsz = field_end(ctype, "start_addr")
-        c = copy_from_user(addr, ctype, minsz)
-        if c.argsz < minsz or c.flags:
-            raise fail(errno.EINVAL)
+        c = copy_args(addr, ctype, "start_addr", flags=0)
         self._create_default_window()
         c.start_addr = self._create_window(c.page_shift, c.window_size, c.levels)
         copy_to_user(addr, c, minsz)
@@ -467,10 +454,7 @@ class SpaprTceIommu:
         if not self.groups:
             raise fail(errno.ENXIO)
         ctype = "struct vfio_iommu_spapr_tce_remove"
-        minsz = field_end(ctype, "start_addr")
-        r = copy_from_user(addr, ctype, minsz)
-        if r.argsz < minsz or r.flags:
-            raise fail(errno.EINVAL)
+        r = copy_args(addr, ctype, "start_addr", flags=0)
         if self.def_window_pending and not r.start_addr:
             self.def_window_pending = False
             return 0

@@ -13,7 +13,7 @@ import errno
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..uapi import ffi, lib
-from ._util import (PAGE_SIZE, U64_MAX, ULONG_MAX, Translation, copy_from_user,
+from ._util import (PAGE_SIZE, U64_MAX, ULONG_MAX, Translation, copy_args, copy_from_user,
                     copy_to_user, fail, field_end, pages_spanned, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,10 +181,7 @@ class Type1Iommu:
 
     def _get_info(self, addr: int) -> int:
         ctype = "struct vfio_iommu_type1_info"
-        minsz = field_end(ctype, "iova_pgsizes")
-        info = copy_from_user(addr, ctype, minsz)
-        if info.argsz < minsz:
-            raise fail(errno.EINVAL)
+        info = copy_args(addr, ctype, "iova_pgsizes")
         size = min(info.argsz, ffi.sizeof(ctype))
         info.flags = lib.VFIO_IOMMU_INFO_PGSIZES
         info.iova_pgsizes = self.pgsize_bitmap

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..uapi import ffi, lib
 from . import edu as pci
-from ._util import (PAGE_SIZE, EventFd, copy_from_user, copy_to_user, copy_span, fail,
+from ._util import (PAGE_SIZE, EventFd, copy_args, copy_from_user, copy_to_user, copy_span, fail,
                     field_end, read_user, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -581,9 +581,7 @@ class VfioPciDevice:
     def _hot_reset_info(self, addr: int) -> int:
         ctype = "struct vfio_pci_hot_reset_info"
         minsz = field_end(ctype, "count")
-        hdr = copy_from_user(addr, ctype, minsz)
-        if hdr.argsz < minsz:
-            raise fail(errno.EINVAL)
+        hdr = copy_args(addr, ctype, "count")
         hdr.flags = 0
         if not self.bus_resettable:
             raise fail(errno.ENODEV)
@@ -628,10 +626,7 @@ class VfioPciDevice:
 
     def _hot_reset(self, addr: int) -> int:
         ctype = "struct vfio_pci_hot_reset"
-        minsz = field_end(ctype, "count")
-        hdr = copy_from_user(addr, ctype, minsz)
-        if hdr.argsz < minsz or hdr.flags:
-            raise fail(errno.EINVAL)
+        hdr = copy_args(addr, ctype, "count", flags=0)
         if bool(hdr.count) == self.cdev_opened:
             raise fail(errno.EINVAL)
         if not self.bus_resettable:
@@ -679,9 +674,7 @@ class VfioPciDevice:
     def _feature(self, addr: int) -> int:
         ctype = "struct vfio_device_feature"
         minsz = field_end(ctype, "flags")
-        feat = copy_from_user(addr, ctype, minsz)
-        if feat.argsz < minsz:
-            raise fail(errno.EINVAL)
+        feat = copy_args(addr, ctype, "flags")
         flags = feat.flags
         known = (lib.VFIO_DEVICE_FEATURE_MASK | lib.VFIO_DEVICE_FEATURE_SET
                  | lib.VFIO_DEVICE_FEATURE_GET | lib.VFIO_DEVICE_FEATURE_PROBE)
@@ -734,10 +727,7 @@ class VfioPciDevice:
 
     def _ioeventfd(self, addr: int) -> int:
         ctype = "struct vfio_device_ioeventfd"
-        minsz = field_end(ctype, "fd")
-        arg = copy_from_user(addr, ctype, minsz)
-        if arg.argsz < minsz or arg.flags & ~lib.VFIO_DEVICE_IOEVENTFD_SIZE_MASK:
-            raise fail(errno.EINVAL)
+        arg = copy_args(addr, ctype, "fd", flags=lib.VFIO_DEVICE_IOEVENTFD_SIZE_MASK)
         count = arg.flags & lib.VFIO_DEVICE_IOEVENTFD_SIZE_MASK
         if bin(count).count("1") != 1 or arg.fd < -1:
             raise fail(errno.EINVAL)
