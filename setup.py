@@ -2,4 +2,4 @@
 # only from setup(); everything else lives in pyproject.toml.
 from setuptools import setup
 
-setup(cffi_modules=["pyvfio/_build_uapi.py:make_builder"])
+setup(cffi_modules=["pyvfio/core/_build_uapi.py:make_builder"])

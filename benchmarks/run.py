@@ -63,8 +63,10 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pyvfio import errors, syscalls  # noqa: E402
-from pyvfio.uapi import ffi, lib  # noqa: E402
+from pyvfio import errors  # noqa: E402
+
+from pyvfio.core import syscalls
+from pyvfio.core.uapi import ffi, lib  # noqa: E402
 
 perf_counter_ns = time.perf_counter_ns
 
@@ -472,7 +474,7 @@ def dma_buffers(stack: contextlib.ExitStack, huge: bool) -> Dict[str, Any]:
     physically contiguous run is one IOMMU mapping): pyvfio, fcntl and C map
     the same pages, so that this does not differ between them.
     """
-    from pyvfio.dma import DmaBuffer
+    from pyvfio.core.memory import DmaBuffer
 
     bufs = {"4KiB": DmaBuffer(4096, "memfd"), "2MiB": DmaBuffer(2 << 20, "memfd")}
     if huge:

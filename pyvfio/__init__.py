@@ -2,9 +2,9 @@
 
 The layers, from the kernel up:
 
-- :mod:`pyvfio.uapi` — the uAPI headers compiled with cffi (``ffi``, ``lib``);
-- :mod:`pyvfio.syscalls` — every system call, errno → :mod:`pyvfio.errors`;
-- :mod:`pyvfio.argsz` — VFIO's argsz protocol and capability chains;
+- :mod:`pyvfio.core.uapi` — the uAPI headers compiled with cffi (``ffi``, ``lib``);
+- :mod:`pyvfio.core.syscalls` — every system call, errno → :mod:`pyvfio.errors`;
+- :mod:`pyvfio.core.argsz` — VFIO's argsz protocol and capability chains;
 - objects named after kernel concepts (``Container``, ``Group``, ``Device``,
   ``Region``, ``Irq``, ``DmaBuffer``, ``IommuFd`` …), imported lazily from here;
 - the ``pyvfio`` command line and :mod:`pyvfio.lab`.

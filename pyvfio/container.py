@@ -17,9 +17,11 @@ from __future__ import annotations
 import os
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import argsz, errors, syscalls
-from .iommu import IoAddressSpace
-from .uapi import lib
+from pyvfio import errors
+from pyvfio.core import argsz
+from pyvfio.core import syscalls
+from pyvfio.core.space import IoAddressSpace
+from pyvfio.core.uapi import lib
 
 __all__ = ["Container", "Type1Info", "SpaprInfo", "IOMMU_TYPES"]
 
@@ -105,7 +107,7 @@ class Container(IoAddressSpace):
                        if n != "noiommu" or allow_noiommu]
             if not offered:
                 if self.check_extension(lib.VFIO_NOIOMMU_IOMMU):
-                    raise errors.PermissionError_(
+                    raise errors.PermissionDeniedError(
                         "only the unsafe no-IOMMU mode is available", path=self.path,
                         remedy="pass allow_noiommu=True if DMA isolation is not needed")
                 raise errors.NotSupportedError("the kernel offers no IOMMU model", path=self.path)
@@ -114,7 +116,7 @@ class Container(IoAddressSpace):
             raise errors.InvalidArgumentError(f"unknown IOMMU model {iommu!r}",
                                               remedy=f"one of {', '.join(IOMMU_TYPES)}")
         if iommu == "noiommu" and not allow_noiommu:
-            raise errors.PermissionError_(
+            raise errors.PermissionDeniedError(
                 "no-IOMMU mode gives the device access to all memory", path=self.path,
                 remedy="pass allow_noiommu=True to accept that")
         syscalls.ioctl(self.fd, lib.VFIO_SET_IOMMU, IOMMU_TYPES[iommu])

@@ -11,10 +11,11 @@ import sys
 import time
 from typing import Callable, List, Optional
 
-from . import errors, pci, syscalls
-from .device import open_device
-from .dma import DmaBuffer
-from .drivers import edu as edu_regs
+from pyvfio import errors, pci
+from pyvfio.core import syscalls
+from pyvfio.device import open_device
+from pyvfio.core.memory import DmaBuffer
+from pyvfio.drivers import edu as edu_regs
 from .drivers.edu import Edu
 
 

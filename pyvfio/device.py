@@ -17,11 +17,13 @@ import os
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from . import argsz, errors, syscalls
-from .iommu import IoAddressSpace
-from .irq import Irq
-from .region import Region
-from .uapi import lib
+from pyvfio import errors
+from pyvfio.core import argsz
+from pyvfio.core import syscalls
+from pyvfio.core.space import IoAddressSpace
+from pyvfio.irq import Irq
+from pyvfio.region import Region
+from pyvfio.core.uapi import lib
 
 __all__ = ["Device", "DeviceInfo", "HotResetDevice", "open_device"]
 
@@ -119,7 +121,7 @@ class Device:
     def config(self):
         """The PCI configuration space (a :class:`pyvfio.pciconfig.PciConfig`)."""
         if self._config is None:
-            from .pciconfig import PciConfig
+            from pyvfio.pciconfig import PciConfig
             self._config = PciConfig(self.region(lib.VFIO_PCI_CONFIG_REGION_INDEX))
         return self._config
 
@@ -179,7 +181,7 @@ class Device:
         missing = [d for d in self.hot_reset_info() if d.group_id not in owned]
         if missing:
             names = ", ".join(f"{d.address} (group {d.group_id})" for d in missing)
-            raise errors.PermissionError_(
+            raise errors.PermissionDeniedError(
                 f"a hot reset would also reset {names}, whose groups are not open here",
                 device=self.name,
                 remedy="open those groups (bind the devices to vfio-pci) and pass them as groups=")
@@ -193,7 +195,7 @@ class Device:
     @property
     def features(self):
         """``VFIO_DEVICE_FEATURE``: migration, low power, DMA logging (a :class:`Features`)."""
-        from .features import Features
+        from pyvfio.features import Features
         self._check_open()
         return Features(self)
 
@@ -248,9 +250,9 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 def _locate(name: str, sysfs: str, devroot: str):
     """The sysfs view of ``name``: a PciDevice, or an Mdev for a UUID; checked bound to VFIO."""
     if _UUID.match(name):
-        from . import mdev
+        from pyvfio import mdev
         return mdev.get(name, sysfs=sysfs, devroot=devroot)
-    from . import pci
+    from pyvfio import pci
     dev = pci.get(name, sysfs=sysfs, devroot=devroot)
     driver = dev.driver
     if not driver or "vfio" not in driver:
@@ -290,7 +292,7 @@ def open_device(name: str, *, iommu: str = "auto", sysfs: str = "/sys", devroot:
 
 
 def _open_iommufd(name: str, cdev: str, devroot: str) -> Device:
-    from .iommufd import IommuFd
+    from pyvfio.iommufd import IommuFd
     ictx = IommuFd(devroot=devroot)
     fd = None
     try:
@@ -312,11 +314,11 @@ def _open_iommufd(name: str, cdev: str, devroot: str) -> Device:
 
 def _open_container(name: str, group_path: str, devroot: str, sysfs: str,
                     allow_noiommu: bool, iommu_model: Optional[str]) -> Device:
-    from .container import Container
-    from .group import Group
+    from pyvfio.container import Container
+    from pyvfio.group import Group
     noiommu = os.path.basename(group_path).startswith("noiommu-")
     if noiommu and not allow_noiommu:
-        raise errors.PermissionError_(
+        raise errors.PermissionDeniedError(
             "the device's group is a no-IOMMU group: DMA is not isolated", device=name,
             path=group_path, remedy="pass allow_noiommu=True to accept that")
     container = Container(devroot=devroot)

@@ -13,10 +13,10 @@ import os
 from typing import Optional
 
 __all__ = [
-    "PyvfioError", "NotFoundError", "PermissionError_", "NotSupportedError",
+    "PyvfioError", "NotFoundError", "PermissionDeniedError", "NotSupportedError",
     "BusyError", "MemlockError", "InvalidArgumentError", "ClosedError",
     "OutOfBoundsError", "NotViableError", "IovaError", "ModuleMissingError",
-    "NotBoundError", "TimeoutError_", "from_errno",
+    "NotBoundError", "TimedOutError", "from_errno",
 ]
 
 
@@ -69,7 +69,7 @@ class NotFoundError(PyvfioError, FileNotFoundError):
                       "device to its driver (`pyvfio bind BDF`)")
 
 
-class PermissionError_(PyvfioError, PermissionError):
+class PermissionDeniedError(PyvfioError, PermissionError):
     """EPERM/EACCES: the caller may not use this node."""
     default_remedy = ("run as root, or give your user the device node "
                       "(e.g. `chown $USER /dev/vfio/N`) and a sufficient RLIMIT_MEMLOCK")
@@ -132,7 +132,7 @@ class NotBoundError(PyvfioError):
     """The device is not bound to the driver the operation needs."""
 
 
-class TimeoutError_(PyvfioError, TimeoutError):
+class TimedOutError(PyvfioError, TimeoutError):
     """Waiting for the device (interrupt, DMA, reset) took longer than allowed."""
 
     def __init__(self, message: str, **kw) -> None:
@@ -142,13 +142,13 @@ class TimeoutError_(PyvfioError, TimeoutError):
 
 _BY_ERRNO = {
     _errno.ENOENT: NotFoundError, _errno.ENODEV: NotFoundError, _errno.ENXIO: NotFoundError,
-    _errno.EPERM: PermissionError_, _errno.EACCES: PermissionError_,
+    _errno.EPERM: PermissionDeniedError, _errno.EACCES: PermissionDeniedError,
     _errno.ENOTTY: NotSupportedError, _errno.EOPNOTSUPP: NotSupportedError,
     _errno.ENOSYS: NotSupportedError,
     _errno.EBUSY: BusyError,
     _errno.EINVAL: InvalidArgumentError,
     _errno.EBADF: PyvfioError,
-    _errno.ETIMEDOUT: TimeoutError_,
+    _errno.ETIMEDOUT: TimedOutError,
 }
 
 
@@ -166,6 +166,6 @@ def from_errno(err: int, *, op: Optional[str] = None, path: Optional[str] = None
         message = "cannot pin memory for DMA (locked-memory limit reached)"
     else:
         cls = _BY_ERRNO.get(err, PyvfioError)
-    if cls is TimeoutError_:
-        return TimeoutError_(message, op=op, path=path, device=device, remedy=remedy)
+    if cls is TimedOutError:
+        return TimedOutError(message, op=op, path=path, device=device, remedy=remedy)
     return cls(message, errno=err, op=op, path=path, device=device, remedy=remedy)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import errno as _errno
 from typing import Any, List, Optional, Sequence, Tuple
 
-from . import argsz, errors, syscalls
-from .uapi import ffi, lib
+from pyvfio import errors
+from pyvfio.core import argsz
+from pyvfio.core import syscalls
+from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Features", "MIGRATION_STATES"]
 

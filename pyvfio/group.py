@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
-from . import argsz, errors, syscalls
-from .uapi import ffi, lib
+from pyvfio import errors
+from pyvfio.core import argsz
+from pyvfio.core import syscalls
+from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Group"]
 
@@ -54,7 +56,7 @@ class Group:
         """Raise :class:`NotViableError` naming the group's devices bound to host drivers."""
         if self.viable:
             return
-        from . import pci
+        from pyvfio import pci
         blockers = pci.group_blockers(self.number, self.sysfs)
         if blockers:
             raise pci.not_viable_error(self.number, blockers, path=self.path)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple
 
-from . import argsz, errors, syscalls
-from .iommu import DmaMapping, IoAddressSpace
-from .uapi import ffi, lib
+from pyvfio import errors
+from pyvfio.core import argsz
+from pyvfio.core import syscalls
+from pyvfio.core.space import DmaMapping, IoAddressSpace
+from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["IommuFd", "Ioas"]
 

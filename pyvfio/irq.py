@@ -16,8 +16,10 @@ import struct
 import time
 from typing import Any, List, NamedTuple, Optional
 
-from . import argsz, errors, syscalls
-from .uapi import ffi, lib
+from pyvfio import errors
+from pyvfio.core import argsz
+from pyvfio.core import syscalls
+from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Irq", "IrqInfo", "INDEX_NAMES"]
 
@@ -170,7 +172,7 @@ class Irq:
     def wait(self, vector: int = 0, timeout: Optional[float] = None) -> int:
         """Wait for an interrupt on ``vector``; returns how many arrived.
 
-        Raises :class:`~pyvfio.errors.TimeoutError_` after ``timeout`` seconds.
+        Raises :class:`~pyvfio.errors.TimedOutError` after ``timeout`` seconds.
         """
         fd = self._fd(vector)
         events = [(fd, select.POLLIN)]
@@ -186,7 +188,7 @@ class Irq:
                 if n:
                     return n
             if deadline is not None and time.monotonic() >= deadline:
-                raise errors.TimeoutError_(
+                raise errors.TimedOutError(
                     f"no {self.name} interrupt on vector {vector} within {timeout} s",
                     device=self.device.name,
                     remedy="check that the device raises it and that bus mastering is on")
@@ -204,7 +206,7 @@ class Irq:
             try:
                 await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
-                raise errors.TimeoutError_(
+                raise errors.TimedOutError(
                     f"no {self.name} interrupt on vector {vector} within {timeout} s",
                     device=self.device.name) from None
             finally:

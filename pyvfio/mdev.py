@@ -14,9 +14,9 @@ import uuid as _uuid
 from types import TracebackType
 from typing import List, Optional, Type
 
-from . import errors
-from .pci import _group_number, _link_name, _read_text, _vfio_cdev_path, _vfio_group_path
-from .pci import _write_attr
+from pyvfio import errors
+from pyvfio.pci import _group_number, _link_name, _read_text, _vfio_cdev_path, _vfio_group_path
+from pyvfio.pci import _write_attr
 
 __all__ = ["MdevParent", "MdevType", "Mdev", "parents", "devices", "get"]
 

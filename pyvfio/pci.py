@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
-from . import errors
+from pyvfio import errors
 
 __all__ = [
     "PciAddress", "PciDevice", "Resource", "USER_DMA_DRIVERS", "driver_allows_user_dma",
@@ -170,7 +170,7 @@ def _write_attr(path: str, value: str, *, device: Optional[str] = None,
     except OSError as exc:
         err = exc.errno if exc.errno is not None else _errno.EIO
         if err in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
-            cls: type = errors.PermissionError_
+            cls: type = errors.PermissionDeniedError
             remedy = ("run as root: sysfs attributes that bind drivers, create devices "
                       "or enable VFs are writable by root only")
         else:

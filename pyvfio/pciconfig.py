@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Tuple, Union
 
-from .errors import InvalidArgumentError, OutOfBoundsError, PyvfioError
+from pyvfio.errors import InvalidArgumentError, OutOfBoundsError, PyvfioError
 
 __all__ = [
     "ConfigSpace", "BufferSpace", "PciConfig", "CapabilityListError",

@@ -17,8 +17,10 @@ import mmap as _mmap
 import struct
 from typing import Any, List, NamedTuple, Optional, Tuple
 
-from . import argsz, errors, syscalls
-from .uapi import ffi, lib
+from pyvfio import errors
+from pyvfio.core import argsz
+from pyvfio.core import syscalls
+from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Region", "RegionInfo"]
 
@@ -168,7 +170,7 @@ class Region:
                 f"{size * 8}-bit {op} at {off:#x} is not naturally aligned",
                 device=self.device.name)
         if op == "read" and not self.readable or op == "write" and not self.writable:
-            raise errors.PermissionError_(f"region {self.index} is not {op}able",
+            raise errors.PermissionDeniedError(f"region {self.index} is not {op}able",
                                           device=self.device.name, remedy=None)
 
     # -- typed access ---------------------------------------------------------------

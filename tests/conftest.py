@@ -66,7 +66,7 @@ def vfio_edu(request, lab_target, tmp_path):
                                   open=lambda: _open(dev.name, path))
         return
     mock_mod = pytest.importorskip("pyvfio.mock")
-    from pyvfio import syscalls
+    from pyvfio.core import syscalls
     bdf = "0000:00:10.0"
     kernel = mock_mod.MockKernel(str(tmp_path), devices=[mock_mod.EduModel(bdf=bdf, group=5)],
                                  iommu="none" if path == "noiommu" else "type1",

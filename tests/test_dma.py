@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pyvfio import errors, syscalls
-from pyvfio.dma import HUGE_1G, HUGE_2M, DmaBuffer, IovaAllocator
+from pyvfio import errors
+
+from pyvfio.core import syscalls
+from pyvfio.core.memory import HUGE_1G, HUGE_2M, DmaBuffer, IovaAllocator
 from pyvfio.drivers.edu import Edu
 
 

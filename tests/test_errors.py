@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from pyvfio import errors, syscalls
-from pyvfio.uapi import lib
+from pyvfio import errors
+
+from pyvfio.core import syscalls
+from pyvfio.core.uapi import lib
 
 pytestmark = pytest.mark.host
 
@@ -53,12 +55,13 @@ def test_permission_denied_names_ownership_remedy(tmp_path):
     code = f"""
 import os, sys
 sys.path[:0] = {sys.path!r}
-from pyvfio import syscalls, errors
+from pyvfio import errors
+from pyvfio.core import syscalls
 syscalls.backend()
 os.setgid(65534); os.setuid(65534)     # after the imports: nobody cannot read them
 try:
     syscalls.open({str(node)!r})
-except errors.PermissionError_ as e:
+except errors.PermissionDeniedError as e:
     print(e.errno, e.path, '|', e.remedy)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -5,11 +5,13 @@ import os
 
 import pytest
 
-from pyvfio import errors, syscalls
-from pyvfio.dma import DmaBuffer
+from pyvfio import errors
+
+from pyvfio.core import syscalls
+from pyvfio.core.memory import DmaBuffer
 from pyvfio.drivers.edu import Edu
 from pyvfio.iommufd import IommuFd
-from pyvfio.uapi import lib
+from pyvfio.core.uapi import lib
 
 pytestmark = [pytest.mark.device,
               pytest.mark.parametrize("vfio_edu", ["iommufd"], indirect=True)]

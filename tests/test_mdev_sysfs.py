@@ -175,7 +175,7 @@ class TestErrors:
 
     def test_non_root(self, fs, mtty):
         fs.unprivileged = True
-        with pytest.raises(errors.PermissionError_) as info:
+        with pytest.raises(errors.PermissionDeniedError) as info:
             mtty.create("mtty-1", U1)
         assert info.value.path.endswith("mdev_supported_types/mtty-1/create")
         assert "run as root" in info.value.remedy

@@ -1,4 +1,4 @@
-"""The mock kernel (pyvfio.mock) driven with raw VFIO/iommufd ioctls through pyvfio.syscalls.
+"""The mock kernel (pyvfio.mock) driven with raw VFIO/iommufd ioctls through pyvfio.core.syscalls.
 
 These are the calls a driver makes (QEMU, DPDK, pyvfio's own objects), with
 the values and errnos Linux 6.12 gives on QEMU's q35 + VT-d + edu; the
@@ -16,9 +16,11 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from pyvfio import argsz, errors, syscalls
+from pyvfio import errors
+
+from pyvfio.core import argsz, syscalls
 from pyvfio.mock import EduModel, MockKernel, MockLeakError, mock_kernel
-from pyvfio.uapi import ffi, lib
+from pyvfio.core.uapi import ffi, lib
 
 pytestmark = pytest.mark.host
 

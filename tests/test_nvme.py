@@ -18,7 +18,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import require_vfio_path
 
-from pyvfio import errors, pci, syscalls
+from pyvfio import errors, pci
+
+from pyvfio.core import syscalls
 from pyvfio.device import open_device
 from pyvfio.drivers import nvme as nv
 from pyvfio.drivers.nvme import Capabilities, Completion, Nvme, NvmeError, status_text

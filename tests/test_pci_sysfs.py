@@ -384,7 +384,7 @@ class TestBind:
     def test_non_root_gets_a_permission_error_naming_the_file(self, fs):
         fs.unprivileged = True
         nic = pci.get(NIC, sysfs=fs.sysfs)
-        with pytest.raises(errors.PermissionError_) as info:
+        with pytest.raises(errors.PermissionDeniedError) as info:
             nic.bind()
         exc = info.value
         assert isinstance(exc, PermissionError)

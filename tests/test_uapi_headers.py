@@ -1,7 +1,7 @@
-"""pyvfio.uapi holds the kernel's own numbers and layouts, and all of them.
+"""pyvfio.core.uapi holds the kernel's own numbers and layouts, and all of them.
 
 A C program compiled against the same headers prints every ioctl request,
-constant and struct size that ``pyvfio.uapi`` exposes; they must be equal.
+constant and struct size that ``pyvfio.core.uapi`` exposes; they must be equal.
 An independent scan of the header files finds every object-like macro and
 every struct/union definition; none that the compiler accepts may be missing.
 """
@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from pyvfio import uapi
-from pyvfio.uapi import ffi, lib
+from pyvfio.core import uapi
+from pyvfio.core.uapi import ffi, lib
 
 pytestmark = pytest.mark.host
 
@@ -123,7 +123,7 @@ def test_nothing_in_the_covered_headers_is_missing(tmp_path):
     else:
         pytest.fail("could not classify the headers' macros")
     missing = [n for n in integer if not hasattr(lib, n) and n not in uapi.STRINGS]
-    assert missing == [], f"integer macros not in pyvfio.uapi.lib: {missing}"
+    assert missing == [], f"integer macros not in pyvfio.core.uapi.lib: {missing}"
     ioctl_like = [n for n in integer if re.search(r"\b_IO(R|W|WR)?\s*\(", macros[n])]
     assert set(ioctl_like) <= set(uapi.IOCTLS)
     assert sorted(aggregates - set(uapi.STRUCTS)) == []
@@ -131,7 +131,7 @@ def test_nothing_in_the_covered_headers_is_missing(tmp_path):
 
 
 def test_missing_header_leaves_family_out(monkeypatch):
-    sys.path.insert(0, os.path.join(os.path.dirname(HEADERS_DIR), "pyvfio"))
+    sys.path.insert(0, os.path.join(os.path.dirname(HEADERS_DIR), "pyvfio", "core"))
     try:
         import _build_uapi as builder
     finally:

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from conftest import dma_address
-from pyvfio import errors, syscalls
-from pyvfio.dma import DmaBuffer
+from pyvfio import errors
+from pyvfio.core import syscalls
+from pyvfio.core.memory import DmaBuffer
 from pyvfio.drivers.edu import DMA_BUFFER_SIZE, IRQ_DMA_DONE, Edu
 
 pytestmark = pytest.mark.device
@@ -125,7 +126,7 @@ def test_dma_to_unmapped_iova_is_blocked(edu, vfio_edu):
         buf.write(0, b"\x55" * 64)
         try:
             edu.from_device(iova, 64)        # the IOMMU faults the write
-        except errors.TimeoutError_:
+        except errors.TimedOutError:
             pass
         assert buf.read(0, 64) == b"\x55" * 64
 
@@ -185,5 +186,5 @@ def test_msi_awaited_from_asyncio(edu):
     assert asyncio.run(raise_then_wait()) >= 1
     assert edu.irq_status == 0x10
     edu.ack_irq(0x10)
-    with pytest.raises(errors.TimeoutError_):
+    with pytest.raises(errors.TimedOutError):
         asyncio.run(msi.wait_async(timeout=0.2))

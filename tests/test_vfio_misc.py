@@ -67,7 +67,7 @@ def test_hot_reset_refused_without_every_group(lab_target):
         others = [d for d in affected if d.group_id != edu.iommu_group]
         if not others:
             pytest.skip("the reset affects only this device's group here")
-        with pytest.raises(errors.PermissionError_) as ei:
+        with pytest.raises(errors.PermissionDeniedError) as ei:
             dev.hot_reset()
         assert others[0].address in str(ei.value)
 

@@ -9,7 +9,7 @@ from pyvfio import errors, pci
 from pyvfio.cli import reports_errors
 from pyvfio.cli.pci import device_record
 from pyvfio.irq import INDEX_NAMES
-from pyvfio.uapi import lib
+from pyvfio.core.uapi import lib
 
 __all__ = ["register", "device_report"]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any, Tuple
 
-from .. import errors
+from pyvfio import errors
 
 __all__ = ["Edu"]
 
@@ -71,7 +71,7 @@ class Edu:
         deadline = time.monotonic() + self.timeout
         while self.bar.read32(reg) & bit:
             if time.monotonic() > deadline:
-                raise errors.TimeoutError_(f"edu {what} did not complete within {self.timeout} s",
+                raise errors.TimedOutError(f"edu {what} did not complete within {self.timeout} s",
                                            device=self.device.name)
             time.sleep(0.0005)
 

@@ -28,8 +28,8 @@ import struct
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from .. import errors
-from ..dma import PAGE_SIZE, DmaBuffer
+from pyvfio import errors
+from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
 
 __all__ = [
     "Nvme", "NvmeError", "Capabilities", "Completion", "ControllerInfo", "NamespaceInfo",
@@ -444,7 +444,7 @@ class Nvme:
                                          f"{what} (CSTS={csts:#x})", device=self.name,
                                          remedy="reset the device (device.reset()) and retry")
             if time.monotonic() > deadline:
-                raise errors.TimeoutError_(
+                raise errors.TimedOutError(
                     f"NVMe controller did not reach {what} within {timeout:g} s "
                     f"(CC={self.cc:#x} CSTS={csts:#x})", device=self.name)
             time.sleep(delay)
@@ -544,13 +544,13 @@ class Nvme:
                 # sleep until vector 0 fires, then look at the queue
                 try:
                     self.interrupts += self._msix.wait(0, timeout=max(left, 0.0))
-                except errors.TimeoutError_:
-                    raise errors.TimeoutError_(
+                except errors.TimedOutError:
+                    raise errors.TimedOutError(
                         f"no completion of {what} (no MSI-X interrupt on vector 0) within "
                         f"{timeout:g} s (CSTS={self.csts:#x})", device=self.name,
                         remedy="check bus mastering and that MSI-X is enabled") from None
             elif left < 0:
-                raise errors.TimeoutError_(f"no completion of {what} within {timeout:g} s "
+                raise errors.TimedOutError(f"no completion of {what} within {timeout:g} s "
                                            f"(CSTS={self.csts:#x})", device=self.name)
             while True:
                 cqe = self._reap()

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Sequence, Type
 
-from .errors import LabError, LabInterrupted, ToolMissingError
+from pyvfio.lab.errors import LabError, LabInterrupted, ToolMissingError
 
 __all__ = ["cache_dir", "locked", "info", "warn", "require_tool", "run_tool", "digest",
            "replace_dir", "interruptible", "signals_blocked"]

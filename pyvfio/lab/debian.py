@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from ._host import cache_dir, info, locked, replace_dir, run_tool
-from .errors import AptUnavailableError, KernelPackageError
+from pyvfio.lab._host import cache_dir, info, locked, replace_dir, run_tool
+from pyvfio.lab.errors import AptUnavailableError, KernelPackageError
 
 __all__ = ["download", "unpack", "candidates", "candidate_version", "version_key"]
 

@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterable, List, Sequence
 
-from ._host import cache_dir, digest, info, locked, warn
-from .errors import ToolMissingError
-from .kernel import Kernel
-from .modules import ModuleTree
+from pyvfio.lab._host import cache_dir, digest, info, locked, warn
+from pyvfio.lab.errors import ToolMissingError
+from pyvfio.lab.kernel import Kernel
+from pyvfio.lab.modules import ModuleTree
 
 __all__ = ["BOOT_MODULES", "GUEST_MODULES", "build_initramfs", "find_busybox",
            "write_cpio", "GUEST_DIR"]

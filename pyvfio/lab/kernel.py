@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterable, List, Optional
 
-from . import debian
-from ._host import cache_dir, digest, info, locked, replace_dir, require_tool, run_tool, warn
-from .errors import KernelBuildError, KernelConfigError, KernelPackageError, ToolMissingError
-from .modules import builtin_from_modinfo
+from pyvfio.lab import debian
+from pyvfio.lab._host import cache_dir, digest, info, locked, replace_dir, require_tool, run_tool, warn
+from pyvfio.lab.errors import KernelBuildError, KernelConfigError, KernelPackageError, ToolMissingError
+from pyvfio.lab.modules import builtin_from_modinfo
 
 __all__ = ["Kernel", "FLAVOURS", "STOCK_ABI", "STOCK_VERSION", "SOURCE_PACKAGE",
            "FRAGMENT", "get_kernel", "stock_kernel", "full_kernel", "source_version",
@@ -45,7 +45,7 @@ SOURCE_PACKAGE = "linux-source-6.12"
 #: The lab's config fragment for the ``full`` kernel (applied after tinyconfig + kvm_guest.config).
 FRAGMENT = Path(__file__).with_name("full.config")
 # Part of the full kernel's cache key: change it when the build steps change.
-_RECIPE = b"tinyconfig kvm_guest.config full.config vmlinux v1"
+_RECIPE = b"tinyconfig kvm_guest.config full.config vmlinux modules v2"
 _BUILD_TOOLS_REMEDY = "apt-get install build-essential flex bison bc libelf-dev"
 
 
@@ -272,7 +272,8 @@ def _build_full(version: str, out: Path, jobs: int, progress_every: float) -> No
             path=str(obj / ".config"),
             remedy=f"fix {FRAGMENT} (an option's dependencies are probably unset)")
     info(f"building the full kernel with {jobs} jobs (about 11 min on 2 cores; log: {log})")
-    _make_with_progress(kmake + [f"-j{jobs}", "vmlinux"], log, progress_every)
+    # "modules" also writes Module.symvers, which out-of-tree modules link against
+    _make_with_progress(kmake + [f"-j{jobs}", "vmlinux", "modules"], log, progress_every)
     release = (obj / "include" / "config" / "kernel.release").read_text().strip()
     moddir = out / "modules" / release
     moddir.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
 
-from ._host import info, interruptible, signals_blocked
-from .errors import BootError, BootTimeoutError, CommandTimeoutError, LabError, QemuNotFoundError
+from pyvfio.lab._host import info, interruptible, signals_blocked
+from pyvfio.lab.errors import BootError, BootTimeoutError, CommandTimeoutError, LabError, QemuNotFoundError
 
 __all__ = ["DEVICE_KINDS", "MachineConfig", "RunResult", "find_qemu", "qemu_device_models",
            "device_args", "kernel_cmdline", "qemu_command", "run_guest"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
-from .errors import LabError, ToolMissingError
+from pyvfio.lab.errors import LabError, ToolMissingError
 
 __all__ = ["ModuleInfo", "ModuleTree", "ModuleNotFound", "modinfo", "read_module",
            "builtin_from_modinfo", "canonical"]

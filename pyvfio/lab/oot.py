@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
-from . import debian
-from ._host import cache_dir, digest, info, locked, replace_dir, require_tool
-from .errors import ModuleBuildError
-from .kernel import Kernel, source_files
+from pyvfio.lab import debian
+from pyvfio.lab._host import cache_dir, digest, info, locked, replace_dir, require_tool
+from pyvfio.lab.errors import ModuleBuildError
+from pyvfio.lab.kernel import Kernel, source_files
 
 __all__ = ["OotModules", "VDPA_SIM", "STOCK_EXTRAS", "headers_tree", "build_modules",
            "kernel_compiler"]

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from ._host import warn
-from .errors import KernelPackageError, ModuleBuildError, ToolMissingError
-from .initramfs import build_initramfs
-from .kernel import Kernel, get_kernel
-from .machine import MachineConfig, RunResult, find_qemu, run_guest
-from .oot import STOCK_EXTRAS, build_modules
+from pyvfio.lab._host import warn
+from pyvfio.lab.errors import KernelPackageError, ModuleBuildError, ToolMissingError
+from pyvfio.lab.initramfs import build_initramfs
+from pyvfio.lab.kernel import Kernel, get_kernel
+from pyvfio.lab.machine import MachineConfig, RunResult, find_qemu, run_guest
+from pyvfio.lab.oot import STOCK_EXTRAS, build_modules
 
 __all__ = ["LabOptions", "BootImage", "PASSED_ENV", "prepare", "guest_env", "shared_dirs",
            "repo_dir", "run"]

@@ -1,6 +1,6 @@
 """A mock kernel for pyvfio: VFIO, iommufd and an edu-compatible PCI device.
 
-:class:`MockKernel` answers the system calls of :mod:`pyvfio.syscalls` with
+:class:`MockKernel` answers the system calls of :mod:`pyvfio.core.syscalls` with
 the semantics of Linux 6.12 for a fake ``/dev`` and ``/sys`` under a
 directory of the caller's; :class:`EduModel` is QEMU's educational device.
 Install it with :func:`mock_kernel` (or ``syscalls.use(MockKernel(...))``)::
@@ -18,10 +18,10 @@ import contextlib
 import os
 from typing import Any, Iterator, List, Set
 
-from .. import syscalls
-from ._util import DmaFault
-from .edu import BarSpec, EduModel, PciFunction
-from .kernel import MockKernel
+from pyvfio.core import syscalls
+from pyvfio.mock._util import DmaFault
+from pyvfio.mock.edu import BarSpec, EduModel, PciFunction
+from pyvfio.mock.kernel import MockKernel
 
 __all__ = ["MockKernel", "EduModel", "PciFunction", "BarSpec", "DmaFault", "mock_kernel",
            "MockLeakError"]
@@ -37,7 +37,7 @@ def mock_kernel(tmp_path: "os.PathLike[str] | str", *, check_leaks: bool = True,
     """Install a :class:`MockKernel` as the syscall backend for the ``with`` block.
 
     ``config`` goes to :class:`MockKernel`.  On exit, descriptors opened
-    through :mod:`pyvfio.syscalls` inside the block and still open are closed
+    through :mod:`pyvfio.core.syscalls` inside the block and still open are closed
     and, with ``check_leaks``, reported by raising :class:`MockLeakError`
     (together with mock descriptors, DMA mappings and locked memory left).
     """

@@ -1,7 +1,7 @@
 """Helpers shared by the mock kernel: errors, user memory, struct copies.
 
 The mock reads and writes the caller's memory the way the kernel's
-``copy_from_user``/``copy_to_user`` do, through :mod:`pyvfio.uapi`'s ``ffi``.
+``copy_from_user``/``copy_to_user`` do, through :mod:`pyvfio.core.uapi`'s ``ffi``.
 DMA by the mock devices goes to real process memory; before touching it the
 mock checks ``/proc/self/maps`` so that a wrong address is a recorded fault
 rather than a crash of the test process.
@@ -16,7 +16,7 @@ import select
 import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from ..uapi import ffi
+from pyvfio.core.uapi import ffi
 
 PAGE_SIZE = mmap.PAGESIZE
 PAGE_SHIFT = PAGE_SIZE.bit_length() - 1

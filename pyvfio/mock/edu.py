@@ -19,7 +19,7 @@ import os
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from ._util import DmaFault
+from pyvfio.mock._util import DmaFault
 
 __all__ = ["BarSpec", "PciFunction", "EduModel", "parse_bdf"]
 

@@ -14,14 +14,14 @@ import bisect
 import errno
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
-from ..uapi import ffi, lib
-from .type1 import dma_avail_cap, iova_range_cap
-from ._util import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_args,
+from pyvfio.core.uapi import ffi, lib
+from pyvfio.mock.type1 import dma_avail_cap, iova_range_cap
+from pyvfio.mock._util import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_args,
                     copy_from_user, copy_to_user, fail, field_end, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .kernel import MockKernel
-    from .vfio_pci import VfioPciDevice
+    from pyvfio.mock.kernel import MockKernel
+    from pyvfio.mock.vfio_pci import VfioPciDevice
 
 __all__ = ["IommufdCtx", "Ioas", "HwPagetable", "IommufdDevice"]
 

@@ -1,4 +1,4 @@
-"""MockKernel: a stand-in for the kernel behind :mod:`pyvfio.syscalls`.
+"""MockKernel: a stand-in for the kernel behind :mod:`pyvfio.core.syscalls`.
 
 It owns a fake root (``devroot`` and ``sysfs`` under a directory the caller
 gives) and answers system calls on the VFIO and iommufd nodes there with the
@@ -19,16 +19,16 @@ import os
 import threading
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from ..uapi import ffi, lib
-from .. import syscalls
-from . import sysfs as _sysfs
-from ._util import (PAGE_SIZE, Accounting, DmaFault, Translation, addr_of, copy_args,
+from pyvfio.core.uapi import ffi, lib
+from pyvfio.core import syscalls
+from pyvfio.mock import sysfs as _sysfs
+from pyvfio.mock._util import (PAGE_SIZE, Accounting, DmaFault, Translation, addr_of, copy_args,
                     copy_from_user, copy_to_user, fail, field_end, process_maps)
-from .edu import EduModel, PciFunction
-from .iommufd import IommufdCtx
-from .spapr import SpaprTceIommu
-from .type1 import Type1Iommu
-from .vfio_pci import VfioPciDevice
+from pyvfio.mock.edu import EduModel, PciFunction
+from pyvfio.mock.iommufd import IommufdCtx
+from pyvfio.mock.spapr import SpaprTceIommu
+from pyvfio.mock.type1 import Type1Iommu
+from pyvfio.mock.vfio_pci import VfioPciDevice
 
 __all__ = ["MockKernel", "HostFunction", "Group", "Container"]
 
@@ -577,7 +577,7 @@ class PagemapFile(MockFile):
 
 
 class MockKernel:
-    """A mock of the kernel's VFIO and iommufd for :func:`pyvfio.syscalls.use`.
+    """A mock of the kernel's VFIO and iommufd for :func:`pyvfio.core.syscalls.use`.
 
     ``tmpdir`` receives ``dev/`` (:attr:`devroot`) and ``sys/`` (:attr:`sysfs`).
     ``devices`` are the PCI functions bound to vfio-pci (:class:`EduModel`).
@@ -875,7 +875,7 @@ class MockKernel:
             if dev.open_count:
                 dev.service()
 
-    # -- the backend interface of pyvfio.syscalls ----------------------------------------------------
+    # -- the backend interface of pyvfio.core.syscalls ----------------------------------------------------
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
         with self._lock:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from ..uapi import lib
-from ._util import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_args, copy_from_user,
+from pyvfio.core.uapi import lib
+from pyvfio.mock._util import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_args, copy_from_user,
                     copy_to_user, fail, field_end, user_range_ok)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .kernel import Group, MockKernel
+    from pyvfio.mock.kernel import Group, MockKernel
 
 __all__ = ["SpaprTceIommu", "MmIommuRegion", "DDW_BASE", "MAX_TABLES", "MAX_LEVELS", "TCE_PGSIZES"]
 

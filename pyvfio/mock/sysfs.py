@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from .edu import PciFunction
+from pyvfio.mock.edu import PciFunction
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .kernel import HostFunction, MockKernel
+    from pyvfio.mock.kernel import HostFunction, MockKernel
 
 __all__ = ["build"]
 

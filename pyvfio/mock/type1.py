@@ -12,12 +12,12 @@ import bisect
 import errno
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
-from ..uapi import ffi, lib
-from ._util import (PAGE_SIZE, U64_MAX, ULONG_MAX, Translation, copy_args, copy_from_user,
+from pyvfio.core.uapi import ffi, lib
+from pyvfio.mock._util import (PAGE_SIZE, U64_MAX, ULONG_MAX, Translation, copy_args, copy_from_user,
                     copy_to_user, fail, field_end, pages_spanned, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .kernel import Group, MockKernel
+    from pyvfio.mock.kernel import Group, MockKernel
 
 __all__ = ["Type1Iommu", "DIRTY_BITMAP_SIZE_MAX"]
 

@@ -11,13 +11,13 @@ import errno
 import mmap as _mmap
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from ..uapi import ffi, lib
-from . import edu as pci
-from ._util import (PAGE_SIZE, EventFd, copy_args, copy_from_user, copy_to_user, copy_span, fail,
+from pyvfio.core.uapi import ffi, lib
+from pyvfio.mock import edu as pci
+from pyvfio.mock._util import (PAGE_SIZE, EventFd, copy_args, copy_from_user, copy_to_user, copy_span, fail,
                     field_end, read_user, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .kernel import DeviceFile, Group, MockKernel
+    from pyvfio.mock.kernel import DeviceFile, Group, MockKernel
 
 __all__ = ["VfioPciDevice", "OFFSET_SHIFT"]
 

@@ -14,8 +14,9 @@ import mmap as _mmap
 import os
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from . import errors, syscalls
-from .uapi import ffi
+from pyvfio import errors
+from pyvfio.core import syscalls
+from pyvfio.core.uapi import ffi
 
 __all__ = ["DmaBuffer", "IovaAllocator", "PAGE_SIZE", "HUGE_2M", "HUGE_1G"]
 
@@ -144,7 +145,7 @@ class DmaBuffer:
         """
         self._bounds(offset, 1)
         if not self._locked:
-            from .uapi import lib
+            from pyvfio.core.uapi import lib
             if lib.mlock(self._ptr, self.size) != 0:
                 raise errors.from_errno(ffi.errno, op="mlock", dma=True)
             self._locked = True
@@ -156,7 +157,7 @@ class DmaBuffer:
             syscalls.close(fd)
         pfn = entry & ((1 << 55) - 1)
         if not entry >> 63 or not pfn:
-            raise errors.PermissionError_(
+            raise errors.PermissionDeniedError(
                 "the kernel did not reveal the page's physical address", path="/proc/self/pagemap",
                 remedy="run as root (CAP_SYS_ADMIN) to read physical frame numbers")
         return pfn * PAGE_SIZE + vaddr % PAGE_SIZE

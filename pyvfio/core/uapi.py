@@ -15,10 +15,10 @@ import json
 from typing import Dict, List, Tuple
 
 try:
-    from ._uapi import ffi, lib
+    from pyvfio.core._uapi import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
-        "pyvfio's uAPI binding is not built (pyvfio._uapi is missing): install pyvfio "
+        "pyvfio's uAPI binding is not built (pyvfio.core._uapi is missing): install pyvfio "
         "with `pip install .` or `pip install -e .`, which compiles it against the "
         "kernel headers of linux-libc-dev") from exc
 

@@ -1,4 +1,4 @@
-"""Build ``pyvfio._uapi``: a cffi binding generated from the system's uAPI headers.
+"""Build ``pyvfio.core._uapi``: a cffi binding generated from the system's uAPI headers.
 
 Nothing here lists a struct or an ioctl by hand.  For every uAPI family whose
 headers the compiler can find, the builder
@@ -13,9 +13,9 @@ headers the compiler can find, the builder
 3. keeps only the object-like macros that the compiler accepts as integer
    constant expressions (a first compile weeds out the others);
 4. records which families were found, and which macros are ioctl requests,
-   so that ``pyvfio.uapi`` can say so at run time.
+   so that ``pyvfio.core.uapi`` can say so at run time.
 
-Run as a script (``python -m pyvfio._build_uapi``) it builds in place; pip and
+Run as a script (``python -m pyvfio.core._build_uapi``) it builds in place; pip and
 setuptools call it through ``cffi_modules`` in ``pyproject.toml``/``setup.py``.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROJECT_HEADERS = os.path.join(os.path.dirname(HERE), "kernel_headers")
+PROJECT_HEADERS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "kernel_headers")
 
 # uAPI families and the headers whose declarations belong to them.
 FAMILIES: Dict[str, Tuple[str, ...]] = {
@@ -544,7 +544,7 @@ def make_builder():
     meta_cdef, meta_src = _meta_source(meta)
     ffibuilder = FFI()
     ffibuilder.cdef(cdef + meta_cdef)
-    ffibuilder.set_source("pyvfio._uapi", includes + LIBC_SOURCE + meta_src,
+    ffibuilder.set_source("pyvfio.core._uapi", includes + LIBC_SOURCE + meta_src,
                           include_dirs=[PROJECT_HEADERS],
                           extra_compile_args=["-w"])
     return ffibuilder

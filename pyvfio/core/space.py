@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
-from . import errors
-from .dma import PAGE_SIZE, DmaBuffer, IovaAllocator
+from pyvfio import errors
+from pyvfio.core.memory import PAGE_SIZE, DmaBuffer, IovaAllocator
 
 __all__ = ["DmaMapping", "IoAddressSpace"]
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import errno as _errno
 from typing import Any, Dict, Iterator, Mapping, NamedTuple, Optional, Tuple
 
-from . import errors, syscalls
-from .uapi import ffi, lib
+from pyvfio import errors
+from pyvfio.core import syscalls
+from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Info", "Cap", "new", "new_var", "get_info", "caps", "call_growing"]
 

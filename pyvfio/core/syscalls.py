@@ -20,7 +20,7 @@ import select
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import errors
+from pyvfio import errors
 
 __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
@@ -35,7 +35,7 @@ class Kernel:
     name = "real"
 
     def __init__(self) -> None:
-        from .uapi import ffi, lib  # the compiled binding; loaded on first use
+        from pyvfio.core.uapi import ffi, lib  # the compiled binding; loaded on first use
         self._ffi = ffi
         self._lib = lib
         self._null = ffi.NULL
@@ -190,7 +190,7 @@ def ioctl_name(request: int, path: Optional[str] = None) -> str:
     """The uAPI name of an ioctl request number on the node ``path`` (for messages)."""
     global _names
     if _names is None:
-        from . import uapi
+        from pyvfio.core import uapi
         table: Dict[int, List[str]] = {}
         for name in uapi.IOCTLS:
             table.setdefault(getattr(uapi.lib, name), []).append(name)
