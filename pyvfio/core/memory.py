@@ -150,7 +150,9 @@ class DmaBuffer:
                 raise errors.from_errno(ffi.errno, op="mlock", dma=True)
             self._locked = True
         vaddr = self.vaddr + offset
-        fd = syscalls.open("/proc/self/pagemap", os.O_RDONLY)
+        from pyvfio.core.sysfs import host
+        pagemap = host().proc_path("self", "pagemap")
+        fd = syscalls.open(pagemap, os.O_RDONLY)
         try:
             entry = int.from_bytes(syscalls.pread(fd, 8, (vaddr // PAGE_SIZE) * 8), "little")
         finally:
@@ -158,7 +160,7 @@ class DmaBuffer:
         pfn = entry & ((1 << 55) - 1)
         if not entry >> 63 or not pfn:
             raise errors.PermissionDeniedError(
-                "the kernel did not reveal the page's physical address", path="/proc/self/pagemap",
+                "the kernel did not reveal the page's physical address", path=pagemap,
                 remedy="run as root (CAP_SYS_ADMIN) to read physical frame numbers")
         return pfn * PAGE_SIZE + vaddr % PAGE_SIZE
 

@@ -571,7 +571,8 @@ class PagemapFile(MockFile):
             vpn = offset // 8 + i
             addr = vpn * PAGE_SIZE
             present = any(v.start <= addr < v.end for v in vmas)
-            entry = ((1 << 63) | self.kernel.physmem.pfn(vpn)) if present else 0
+            pfn = self.kernel.physmem.pfn(vpn) if self.kernel.cap_sys_admin else 0
+            entry = ((1 << 63) | pfn) if present else 0
             out += entry.to_bytes(8, "little")
         return bytes(out)
 
@@ -613,7 +614,8 @@ class MockKernel:
                  dma_entry_limit: int = 65535, max_io_width: int = 8,
                  spapr_dma32: Tuple[int, int] = (0, 0x80000000), spapr_max_window: int = 1 << 40,
                  eeh: bool = True, cache_coherent: bool = False, cap_sys_rawio: bool = True,
-                 cap_sys_resource: bool = True, iommu_hw_info: str = "none") -> None:
+                 cap_sys_resource: bool = True, iommu_hw_info: str = "none",
+                 uio: Optional[Dict[str, str]] = None, cap_sys_admin: bool = True) -> None:
         if iommu not in ("type1", "spapr", "none"):
             raise ValueError(f"iommu must be 'type1', 'spapr' or 'none', not {iommu!r}")
         if noiommu is None:
@@ -663,8 +665,10 @@ class MockKernel:
             if isinstance(model, EduModel) and model.dma_mask_bits is None and dma_mask_bits:
                 model.dma_mask_bits = dma_mask_bits
         bound = iommu != "none" or noiommu
+        uio = {k.lower(): v for k, v in (uio or {}).items()}
+        self.cap_sys_admin = cap_sys_admin
         for model in self.models:
-            if not bound:
+            if not bound or model.bdf in uio:
                 continue
             group = self.groups.get(model.group)
             if group is None:
@@ -678,6 +682,10 @@ class MockKernel:
                 group.host_functions.append(hf)
                 self.host_functions.append(hf)
         _sysfs.build(self)
+        self.uio = None
+        if uio:
+            from pyvfio.mock import uio as _uio
+            self.uio = _uio.register(self, uio)
         self._nodes[self._dev("vfio", "vfio")] = lambda p: ContainerFile(self, p)
         for group in self.groups.values():
             self._nodes[self._dev("vfio", group.node_name)] = \
@@ -690,6 +698,10 @@ class MockKernel:
             self._nodes[self._dev("iommu")] = lambda p: IommuFile(self, p)
         for p in ("/proc/self/pagemap", f"/proc/{os.getpid()}/pagemap"):
             self._nodes[p] = lambda p: PagemapFile(self, p)
+
+    def add_node(self, path: str, factory: Callable[[str], Any]) -> None:
+        """Answer opens of ``path`` with ``factory(path)`` (a family registers its nodes)."""
+        self._nodes[os.path.abspath(path)] = factory
 
     def _dev(self, *parts: str) -> str:
         return os.path.join(self.devroot, *parts)
@@ -806,7 +818,8 @@ class MockKernel:
 
     def install(self, f: MockFile) -> int:
         """Give ``f`` a descriptor (a real one, so numbers are unique)."""
-        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        opener = getattr(f, "open_fd", None)
+        fd = opener() if opener is not None else os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._files[fd] = f.get()
         return fd
 
@@ -874,6 +887,8 @@ class MockKernel:
         for dev in self.devices:
             if dev.open_count:
                 dev.service()
+        if self.uio is not None:
+            self.uio.service()
 
     # -- the backend interface of pyvfio.core.syscalls ----------------------------------------------------
 
@@ -978,6 +993,8 @@ class MockKernel:
     def shutdown(self) -> None:
         """Close everything and release the models' host resources."""
         self.close_all()
+        if self.uio is not None:
+            self.uio.close()
         for m in self.models:
             m.close()
 
