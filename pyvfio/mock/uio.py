@@ -261,6 +261,8 @@ class MockUioDevice:
             raise fail(errno.ERANGE)
         new = None
         if fd >= 0:
+            if self.kernel.is_mock_fd(fd):
+                raise fail(errno.EINVAL)           # a mock node is not an eventfd
             try:
                 if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[eventfd]":
                     raise fail(errno.EINVAL)
