@@ -16,6 +16,8 @@
  *    masked in the command register when it fires.  Writing 1 (as an s32)
  *    to /dev/uioN unmasks it again, as does clearing INTX_DISABLE.
  *  - Every other ioctl gives EOPNOTSUPP.
+ *  - The first open taints the kernel (TAINT_USER), as VFIO's no-IOMMU mode
+ *    does: from then on a device may have written anywhere.
  *
  * The UIO core has no ioctl hook, so the driver puts a character device of
  * its own over /dev/uioN's device number (the smaller range wins the
@@ -241,6 +243,11 @@ static int uio_msi_open(struct inode *inode, struct file *file)
 			udev->msix_on = true;
 			ret = 0;
 		}
+	}
+	if (!ret && !udev->opens) {
+		dev_warn_once(&udev->pdev->dev,
+			      "user space drives this device's DMA without an IOMMU; tainting the kernel\n");
+		add_taint(TAINT_USER, LOCKDEP_STILL_OK);
 	}
 	if (!ret) {
 		udev->opens++;
