@@ -14,6 +14,7 @@ physically contiguous memory: ``DmaBuffer(size, "hugetlb")``.
 """
 from __future__ import annotations
 
+import errno as _errno
 import threading
 import warnings
 from typing import Optional
@@ -70,7 +71,8 @@ def bus_address(buf: DmaBuffer, offset: int = 0, *, device: Optional[str] = None
     except errors.PermissionDeniedError as exc:
         raise errors.PermissionDeniedError(
             "cannot give the device a bus address: /proc/self/pagemap shows no physical "
-            "frame numbers to this process", path=exc.path, device=device, op="pagemap",
+            "frame numbers to this process", errno=_errno.EPERM, path=exc.path, device=device,
+            op="pagemap",
             remedy="run as root (CAP_SYS_ADMIN); without an IOMMU the device needs "
                    "physical addresses") from None
     _warn_once(device)

@@ -209,3 +209,36 @@ def test_closed_objects(uio_env):
         with pytest.raises(errors.ClosedError):
             with dev:
                 pass
+
+
+def test_pagemap_without_privilege_real(lab_target):
+    """As an unprivileged user the real pagemap shows frame 0: refused, clearly."""
+    if lab_target.kind != "real":
+        pytest.skip("the mock's case is tests/uio/test_uio_host.py (cap_sys_admin=False)")
+    from pyvfio.uio.dma import bus_address
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                     # the child drops root, then asks
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with DmaBuffer(4096) as buf:
+                try:
+                    bus_address(buf, device="probe")
+                    os.write(wfd, b"allowed")
+                except errors.PermissionDeniedError as exc:
+                    os.write(wfd, f"refused {exc.errno} {'CAP_SYS_ADMIN' in exc.remedy}"
+                             .encode())
+            code = 0
+        except BaseException as exc:             # noqa: BLE001 - report, never return
+            os.write(wfd, f"error {exc!r}".encode())
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    try:
+        answer = os.read(rfd, 4096).decode()
+    finally:
+        os.close(rfd)
+        os.waitpid(pid, 0)
+    assert answer == "refused 1 True"
