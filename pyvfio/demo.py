@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 
 from pyvfio import errors, pci
 from pyvfio.core import syscalls
-from pyvfio.device import open_device
+from pyvfio.vfio.open import open_device
 from pyvfio.core.memory import DmaBuffer
 from pyvfio.drivers import edu as edu_regs
 from .drivers.edu import Edu

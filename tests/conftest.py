@@ -78,7 +78,7 @@ def vfio_edu(request, lab_target, tmp_path):
 
 
 def _open(bdf: str, path: str, **where):
-    from pyvfio.device import open_device
+    from pyvfio.vfio.open import open_device
     if path == "noiommu":
         return open_device(bdf, iommu="container", allow_noiommu=True, **where)
     return open_device(bdf, iommu=path, **where)

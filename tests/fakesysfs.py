@@ -75,8 +75,10 @@ class FakeSysfs:
 
     def install(self, monkeypatch) -> "FakeSysfs":
         """Route pyvfio's sysfs writes and modprobe calls to this fake (pytest monkeypatch)."""
-        monkeypatch.setattr(pci, "_sysfs_write", self.write)
-        monkeypatch.setattr(pci, "modprobe", self.modprobe)
+        from pyvfio.core import sysfs as core_sysfs
+        from pyvfio.pci import device as pci_device
+        monkeypatch.setattr(core_sysfs, "_sysfs_write", self.write)
+        monkeypatch.setattr(pci_device, "modprobe", self.modprobe)
         return self
 
     # ----------------------------------------------------------------- small helpers

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from pyvfio import errors, pci
 from pyvfio.cli import reports_errors
 from pyvfio.cli.pci import device_record
-from pyvfio.irq import INDEX_NAMES
+from pyvfio.vfio.irq import INDEX_NAMES
 from pyvfio.core.uapi import lib
 
 __all__ = ["register", "device_report"]
@@ -42,7 +42,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def _open(args: argparse.Namespace):
-    from pyvfio.device import open_device
+    from pyvfio.vfio.open import open_device
     dev = pci.get(args.bdf, sysfs=args.sysfs)
     dev.check_bound("vfio-pci")
     return dev, open_device(dev.name, iommu=getattr(args, "iommu", "auto"), sysfs=args.sysfs,

@@ -8,12 +8,15 @@ else in the library names ``/sys`` or ``/dev``.
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import os
 import threading
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
-__all__ = ["Host", "host", "use_host"]
+from pyvfio import errors
+
+__all__ = ["Host", "host", "use_host", "read_text", "link_name", "write_attr"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +66,55 @@ def use_host(new: Host) -> Iterator[Host]:
         yield new
     finally:
         _local.host = old
+
+
+# --------------------------------------------------------------------------- attributes
+def _sysfs_write(path: str, data: bytes) -> None:
+    """Write ``data`` to a sysfs attribute in one write(2), as the kernel's store expects."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        written = os.write(fd, data)
+    finally:
+        os.close(fd)
+    if written != len(data):
+        raise OSError(_errno.EIO, f"short write ({written} of {len(data)} bytes)")
+
+
+def write_attr(path: str, value: str, *, device: Optional[str] = None,
+               remedy: Optional[str] = None) -> None:
+    """Write ``value`` to the sysfs file ``path``; failures name the file and the value."""
+    try:
+        _sysfs_write(path, value.encode())
+    except errors.PyvfioError:
+        raise
+    except OSError as exc:
+        err = exc.errno if exc.errno is not None else _errno.EIO
+        if err in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+            cls: type = errors.PermissionDeniedError
+            remedy = ("run as root: sysfs attributes that bind drivers, create devices "
+                      "or enable VFs are writable by root only")
+        else:
+            cls = type(errors.from_errno(err))
+        shown = value.strip() or repr(value)
+        raise cls(f"cannot write {shown!r} to {path}: {os.strerror(err)}", errno=err,
+                  op="sysfs write", path=path, device=device, remedy=remedy) from None
+
+
+def read_text(path: str, device: Optional[str] = None) -> Optional[str]:
+    """The stripped contents of a sysfs file, None when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        err = exc.errno if exc.errno is not None else _errno.EIO
+        raise errors.from_errno(err, op="sysfs read", path=path, device=device) from None
+
+
+def link_name(path: str) -> Optional[str]:
+    """The last component of a symlink's target, None when there is no link."""
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None

@@ -1260,7 +1260,7 @@ def test_update_vaddr_and_dirty_bitmap(edu):
 
 @pytest.mark.host
 def test_open_device_in_a_non_viable_group_names_the_culprit(tmp_path):
-    from pyvfio.device import open_device
+    from pyvfio.vfio.open import open_device
     from pyvfio.mock import EduModel, MockKernel
     kernel = MockKernel(str(tmp_path), devices=[EduModel(bdf="0000:00:10.0", group=5,
                                                           viable=False)])

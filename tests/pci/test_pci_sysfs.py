@@ -32,11 +32,12 @@ import pytest
 from fakesysfs import FakeSysfs
 from pyvfio import errors, pci
 from pyvfio.cli import main
+from pyvfio.core.sysfs import write_attr
 from pyvfio.pci import PciAddress, PciDevice
 
 pytestmark = pytest.mark.host
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NIC, PORT, AUDIO, SMBUS, LPC, EDU, HOSTB, VIRTIO = (
     "0000:01:00.0", "0000:00:1c.0", "0000:00:1f.3", "0000:00:1f.4", "0000:00:1f.0",
     "0000:00:10.0", "0000:00:00.0", "0000:00:11.0")
@@ -413,7 +414,7 @@ class TestBind:
 
     def test_new_id_is_the_other_way_to_bind(self, fs):
         # the stand-in kernel honours new_id as the kernel does: it probes unbound devices
-        pci._write_attr(os.path.join(fs.sysfs, "bus/pci/drivers/pci-stub/new_id"), "1234 11e8")
+        write_attr(os.path.join(fs.sysfs, "bus/pci/drivers/pci-stub/new_id"), "1234 11e8")
         assert fs.driver_of(EDU) == "pci-stub"
 
 

@@ -1,4 +1,4 @@
-"""pyvfio.mdev against a fake sysfs.
+"""pyvfio.vfio.mdev against a fake sysfs.
 
 Two parents: the ``mtty`` sample (a virtual device, types ``mtty-1`` with two
 instances left and ``mtty-2`` with one) and a GVT-g-like PCI parent at
@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from fakesysfs import FakeSysfs
-from pyvfio import errors, mdev
+from pyvfio import errors
+from pyvfio.vfio import mdev
 
 pytestmark = pytest.mark.host
 

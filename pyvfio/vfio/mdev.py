@@ -15,8 +15,8 @@ from types import TracebackType
 from typing import List, Optional, Type
 
 from pyvfio import errors
-from pyvfio.pci import _group_number, _link_name, _read_text, _vfio_cdev_path, _vfio_group_path
-from pyvfio.pci import _write_attr
+from pyvfio.core.sysfs import link_name, read_text, write_attr
+from pyvfio.pci.iommu_group import group_number, vfio_cdev_path, vfio_group_path
 
 __all__ = ["MdevParent", "MdevType", "Mdev", "parents", "devices", "get"]
 
@@ -110,7 +110,7 @@ class MdevType:
         return hash((self.parent, self.id))
 
     def _text(self, attr: str) -> Optional[str]:
-        return _read_text(os.path.join(self.path, attr), self.parent.name)
+        return read_text(os.path.join(self.path, attr), self.parent.name)
 
     @property
     def name(self) -> Optional[str]:
@@ -156,7 +156,7 @@ class MdevType:
                                     for t in self.parent.types() if t.id != self.id)
                           or "the parent has no other"))
         try:
-            _write_attr(os.path.join(self.path, "create"), name, device=where)
+            write_attr(os.path.join(self.path, "create"), name, device=where)
         except errors.PyvfioError as exc:
             if exc.errno == _errno.EEXIST:
                 raise errors.BusyError(
@@ -209,7 +209,7 @@ class Mdev:
     @property
     def type(self) -> MdevType:
         """The mdev's type (the ``mdev_type`` symlink)."""
-        type_id = _link_name(os.path.join(self.path, "mdev_type"))
+        type_id = link_name(os.path.join(self.path, "mdev_type"))
         if type_id is None:
             raise errors.NotFoundError(f"no mdev_type link in {self.path}", device=self.uuid)
         return MdevType(self.parent, type_id)
@@ -217,24 +217,24 @@ class Mdev:
     @property
     def driver(self) -> Optional[str]:
         """The driver bound on the mdev bus, None when unbound."""
-        return _link_name(os.path.join(self.path, "driver"))
+        return link_name(os.path.join(self.path, "driver"))
 
     @property
     def iommu_group(self) -> Optional[int]:
         """The IOMMU group VFIO made for the mdev, None when it has none."""
-        return _group_number(self.path)
+        return group_number(self.path)
 
     def vfio_group_path(self) -> str:
         """The group's VFIO node, ``/dev/vfio/N``."""
-        return _vfio_group_path(self.path, self.uuid, self.devroot)
+        return vfio_group_path(self.path, self.uuid, self.devroot)
 
     def vfio_cdev_path(self) -> Optional[str]:
         """The VFIO device node ``/dev/vfio/devices/vfioX``, None if absent."""
-        return _vfio_cdev_path(self.path, self.devroot)
+        return vfio_cdev_path(self.path, self.devroot)
 
     def remove(self) -> None:
         """Destroy the mdev (write ``1`` to its ``remove``)."""
-        _write_attr(os.path.join(self.path, "remove"), "1", device=self.uuid,
+        write_attr(os.path.join(self.path, "remove"), "1", device=self.uuid,
                     remedy="close every file descriptor of the mdev first")
 
     def __enter__(self) -> "Mdev":
