@@ -826,9 +826,8 @@ def mock_benchmarks(settings: Settings, cells: Dict[str, Cell]) -> Optional[str]
         kernel = MockKernel(tmp, devices=[EduModel(bdf=bdf, group=5)], iommu="type1")
         with contextlib.ExitStack() as stack:
             bufs = dma_buffers(stack, huge=False)        # real memory, made outside the mock
-            with syscalls.use(kernel):
-                dev = open_device(bdf, iommu="container", sysfs=kernel.sysfs,
-                                  devroot=kernel.devroot)
+            with kernel.installed():
+                dev = open_device(bdf, iommu="container")
                 try:
                     python_device_benchmarks(dev, settings, False, bufs, cells, {})
                 finally:

@@ -29,7 +29,7 @@ def main(argv: Optional[List[str]] = None, out: Callable[[str], None] = print) -
     dev = pci.get(argv[0]) if argv else found[0]
     t0 = time.perf_counter()
     step = lambda text: out(f"[{time.perf_counter() - t0:6.3f}s] {text}")  # noqa: E731
-    pci.modprobe("vfio-pci")
+    syscalls.modprobe("vfio-pci")
     previous = dev.driver
     with dev.bound("vfio-pci"):
         step(f"bound {dev.name} to vfio-pci (was: {previous or 'no driver'}), "

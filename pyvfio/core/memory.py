@@ -58,12 +58,12 @@ class DmaBuffer:
             if kind == "anonymous":
                 self._mmap = syscalls.mmap(-1, self.size, what="DMA buffer")
             else:
-                flags = os.MFD_CLOEXEC
+                flags = 0
                 if kind == "hugetlb":
                     flags |= os.MFD_HUGETLB | (self.page_size.bit_length() - 1) << _MFD_HUGE_SHIFT
                 self.fd = self._memfd(name, flags)
                 try:
-                    os.ftruncate(self.fd, self.size)
+                    syscalls.ftruncate(self.fd, self.size)
                     self._mmap = syscalls.mmap(self.fd, self.size, what="DMA buffer")
                 except (OSError, errors.PyvfioError) as exc:
                     raise self._huge_error(exc) from None
@@ -75,10 +75,9 @@ class DmaBuffer:
 
     def _memfd(self, name: str, flags: int) -> int:
         try:
-            fd = os.memfd_create(name, flags)
+            return syscalls.memfd_create(name, flags)
         except OSError as exc:
             raise self._huge_error(exc) from None
-        return syscalls.adopt(fd, f"memfd:{name}")
 
     def _huge_error(self, exc: OSError) -> errors.PyvfioError:
         if self.kind != "hugetlb":
@@ -142,9 +141,7 @@ class DmaBuffer:
         """
         self._bounds(offset, 1)
         if not self._locked:
-            from pyvfio.core.uapi import lib
-            if lib.mlock(self._ptr, self.size) != 0:
-                raise errors.from_errno(ffi.errno, op="mlock", dma=True)
+            syscalls.mlock(self.vaddr, self.size)
             self._locked = True
         vaddr = self.vaddr + offset
         fd = syscalls.open("/proc/self/pagemap", os.O_RDONLY)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
 from pyvfio import errors
+from pyvfio.core import syscalls
 
 __all__ = ["Host", "host", "use_host", "read_text", "link_name", "write_attr"]
 
@@ -69,22 +70,11 @@ def use_host(new: Host) -> Iterator[Host]:
 
 
 # --------------------------------------------------------------------------- attributes
-def _sysfs_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a sysfs attribute in one write(2), as the kernel's store expects."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-    try:
-        written = os.write(fd, data)
-    finally:
-        os.close(fd)
-    if written != len(data):
-        raise OSError(_errno.EIO, f"short write ({written} of {len(data)} bytes)")
-
-
 def write_attr(path: str, value: str, *, device: Optional[str] = None,
                remedy: Optional[str] = None) -> None:
     """Write ``value`` to the sysfs file ``path``; failures name the file and the value."""
     try:
-        _sysfs_write(path, value.encode())
+        syscalls.write_file(path, value.encode())
     except errors.PyvfioError:
         raise
     except OSError as exc:
@@ -103,13 +93,10 @@ def write_attr(path: str, value: str, *, device: Optional[str] = None,
 def read_text(path: str, device: Optional[str] = None) -> Optional[str]:
     """The stripped contents of a sysfs file, None when it does not exist."""
     try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace").strip()
+        data = syscalls.read_file(path, device=device, op="sysfs read")
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        err = exc.errno if exc.errno is not None else _errno.EIO
-        raise errors.from_errno(err, op="sysfs read", path=path, device=device) from None
+    return data.decode(errors="replace").strip()
 
 
 def link_name(path: str) -> Optional[str]:

@@ -9,11 +9,11 @@
 from __future__ import annotations
 
 from pyvfio.pci.address import PciAddress
-from pyvfio.pci.device import PciDevice, Resource, devices, find, get, modprobe
+from pyvfio.pci.device import PciDevice, Resource, devices, find, get
 from pyvfio.pci.iommu_group import (USER_DMA_DRIVERS, driver_allows_user_dma, group_blockers,
                                     group_entries, not_viable_error)
 
 __all__ = [
     "PciAddress", "PciDevice", "Resource", "USER_DMA_DRIVERS", "driver_allows_user_dma",
-    "devices", "find", "get", "modprobe", "group_entries", "group_blockers", "not_viable_error",
+    "devices", "find", "get", "group_entries", "group_blockers", "not_viable_error",
 ]

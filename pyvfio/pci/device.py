@@ -7,27 +7,26 @@ the same tree: ``driver_override`` names the only driver allowed to claim the
 function, ``drivers/<drv>/unbind`` detaches it from its driver, and
 ``drivers_probe`` asks the bus to attach a driver again.
 
-Every function takes the sysfs root (``sysfs="/sys"``) and, where device
-nodes are named, the /dev root (``devroot="/dev"``), so that tests can use a
-fake tree.
+Paths are below the roots of :func:`pyvfio.core.sysfs.host`, so that a fake
+tree (the mock kernel's) can stand in for the machine's.
 """
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from pyvfio import errors
-from pyvfio.core.sysfs import link_name, read_text, write_attr
+from pyvfio.core import syscalls
+from pyvfio.core.sysfs import Host, host, link_name, read_text, write_attr
 from pyvfio.pci.address import PciAddress, is_bdf, spelled
 from pyvfio.pci.iommu_group import (IOMMU_GROUPS, group_blockers,
                                     group_entries, group_number, not_viable_error,
                                     vfio_cdev_path, vfio_group_path)
 
-__all__ = ["PciDevice", "Resource", "devices", "find", "get", "modprobe"]
+__all__ = ["PciDevice", "Resource", "devices", "find", "get"]
 
 PCI_DEVICES = "bus/pci/devices"
 PCI_DRIVERS = "bus/pci/drivers"
@@ -80,29 +79,11 @@ class Resource:
         return bool(self.flags & IORESOURCE_MEM_64)
 
 
-def modprobe(module: str) -> None:
-    """Load a kernel module with modprobe(8); :class:`ModuleMissingError` if it cannot."""
-    try:
-        proc = subprocess.run(["modprobe", module], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, check=False)
-    except OSError as exc:
-        raise errors.ModuleMissingError(
-            f"cannot run modprobe to load {module}: {exc.strerror}",
-            remedy=f"install kmod, or load the module by hand (`modprobe {module}`)") from None
-    if proc.returncode != 0:
-        said = proc.stderr.decode(errors="replace").strip()
-        raise errors.ModuleMissingError(
-            f"cannot load kernel module {module}" + (f": {said}" if said else ""),
-            remedy=f"run as root, or install the module for the running kernel "
-                   f"(`modinfo {module}` finds it when it is installed)")
-
-
 # --------------------------------------------------------------------------- devices
 class PciDevice:
     """One PCI function, read live from sysfs (``/sys/bus/pci/devices/<BDF>``)."""
 
-    def __init__(self, address: Union[str, PciAddress], *, sysfs: str = "/sys",
-                 devroot: str = "/dev") -> None:
+    def __init__(self, address: Union[str, PciAddress], *, on: Optional[Host] = None) -> None:
         try:
             self.address = PciAddress.parse(address)
         except errors.InvalidArgumentError:
@@ -114,9 +95,9 @@ class PciDevice:
                 f"no PCI device {shown}",
                 remedy="`pyvfio ls` lists the PCI devices present (slots run 00 to 1f)"
                 ) from None
-        self.sysfs = sysfs
-        self.devroot = devroot
-        self.path = os.path.join(sysfs, PCI_DEVICES, str(self.address))
+        #: The machine whose sysfs this device lives in (the current :func:`host` by default).
+        self.host = on or host()
+        self.path = self.host.sys_path(PCI_DEVICES, str(self.address))
         #: (driver, driver_override) before the first :meth:`bind`, for :meth:`restore`.
         self._saved: Optional[Tuple[Optional[str], Optional[str]]] = None
         if not os.path.isdir(self.path):
@@ -136,10 +117,10 @@ class PciDevice:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PciDevice):
             return NotImplemented
-        return (self.address, self.sysfs) == (other.address, other.sysfs)
+        return (self.address, self.host) == (other.address, other.host)
 
     def __hash__(self) -> int:
-        return hash((self.address, self.sysfs))
+        return hash((self.address, self.host))
 
     def _attr_path(self, attr: str) -> str:
         return os.path.join(self.path, attr)
@@ -222,25 +203,25 @@ class PciDevice:
 
     def _group_dir(self) -> Optional[str]:
         group = self.iommu_group
-        return None if group is None else os.path.join(self.sysfs, IOMMU_GROUPS, str(group))
+        return None if group is None else self.host.sys_path(IOMMU_GROUPS, str(group))
 
     def _group_entries(self) -> List[Tuple[str, Optional[str]]]:
         """(name, driver) of every device in the group, PCI or not, sorted by name."""
         group = self.iommu_group
-        return [] if group is None else group_entries(group, self.sysfs)
+        return [] if group is None else group_entries(group, self.host)
 
     def group_members(self) -> List["PciDevice"]:
         """The PCI devices of this device's IOMMU group (itself included); [] without one."""
         members = []
         for name, _ in self._group_entries():
-            if is_bdf(name) and os.path.isdir(os.path.join(self.sysfs, PCI_DEVICES, name)):
-                members.append(PciDevice(name, sysfs=self.sysfs, devroot=self.devroot))
+            if is_bdf(name) and os.path.isdir(self.host.sys_path(PCI_DEVICES, name)):
+                members.append(PciDevice(name, on=self.host))
         return sorted(members, key=lambda d: d.address)
 
     def group_blockers(self) -> List[Tuple[str, str]]:
         """(device, driver) of each group member whose driver keeps the group from VFIO."""
         group = self.iommu_group
-        return [] if group is None else group_blockers(group, self.sysfs)
+        return [] if group is None else group_blockers(group, self.host)
 
     def group_viable(self) -> bool:
         """VFIO's rule: every device in the group is unbound or bound to a user-DMA driver.
@@ -282,10 +263,10 @@ class PciDevice:
 
     def _driver_dir(self, driver: str, load: bool = True) -> str:
         """``/sys/bus/pci/drivers/<driver>``, loading its module first when it is missing."""
-        path = os.path.join(self.sysfs, PCI_DRIVERS, driver)
+        path = self.host.sys_path(PCI_DRIVERS, driver)
         if not os.path.isdir(path) and load:
             module = _MODULE_OF_DRIVER.get(driver, driver)
-            modprobe(module)
+            syscalls.modprobe(module)
             if not os.path.isdir(path):
                 raise errors.ModuleMissingError(
                     f"module {module} loaded but no PCI driver {driver} registered",
@@ -295,13 +276,13 @@ class PciDevice:
 
     def _known_drivers(self) -> List[str]:
         try:
-            return sorted(os.listdir(os.path.join(self.sysfs, PCI_DRIVERS)))
+            return sorted(os.listdir(self.host.sys_path(PCI_DRIVERS)))
         except OSError:
             return []
 
     def _detach(self, driver: str) -> None:
         """Unbind from ``driver``; the kernel runs the driver's remove before returning."""
-        path = os.path.join(self.sysfs, PCI_DRIVERS, driver, "unbind")
+        path = self.host.sys_path(PCI_DRIVERS, driver, "unbind")
         try:
             self._write(path, self.name)
         except errors.NotFoundError:
@@ -310,7 +291,7 @@ class PciDevice:
 
     def _probe(self) -> None:
         """Ask the bus to attach a driver (``drivers_probe``); it honours driver_override."""
-        self._write(os.path.join(self.sysfs, PCI_PROBE), self.name)
+        self._write(self.host.sys_path(PCI_PROBE), self.name)
 
     def _state(self) -> Tuple[Optional[str], Optional[str]]:
         return self.driver, self.driver_override
@@ -431,7 +412,7 @@ class PciDevice:
     def physfn(self) -> Optional["PciDevice"]:
         """The physical function of a VF, None for anything else."""
         name = link_name(self._attr_path("physfn"))
-        return None if name is None else PciDevice(name, sysfs=self.sysfs, devroot=self.devroot)
+        return None if name is None else PciDevice(name, on=self.host)
 
     @property
     def sriov_totalvfs(self) -> int:
@@ -493,17 +474,17 @@ class PciDevice:
                 name = link_name(os.path.join(self.path, entry))
                 if name is not None:
                     indexed.append((int(entry[6:]), name))
-        return [PciDevice(name, sysfs=self.sysfs, devroot=self.devroot)
+        return [PciDevice(name, on=self.host)
                 for _, name in sorted(indexed)]
 
     # ----------------------------------------------------------------- VFIO nodes, BARs
     def vfio_group_path(self) -> str:
         """The group's VFIO node: ``/dev/vfio/N``, or ``/dev/vfio/noiommu-N`` without an IOMMU."""
-        return vfio_group_path(self.path, self.name, self.devroot)
+        return vfio_group_path(self.path, self.name, self.host)
 
     def vfio_cdev_path(self) -> Optional[str]:
         """The VFIO device node ``/dev/vfio/devices/vfioX`` (kernel ≥ 6.6), None if absent."""
-        return vfio_cdev_path(self.path, self.devroot)
+        return vfio_cdev_path(self.path, self.host)
 
     @property
     def resources(self) -> List[Resource]:
@@ -528,27 +509,27 @@ def _as_int(value: Union[int, str, None]) -> Optional[int]:
         raise errors.InvalidArgumentError(f"not a hexadecimal ID: {value!r}") from None
 
 
-def devices(sysfs: str = "/sys", devroot: str = "/dev") -> List[PciDevice]:
+def devices() -> List[PciDevice]:
     """Every PCI function in ``/sys/bus/pci/devices``, sorted by address."""
-    if not os.path.isdir(sysfs):
-        raise errors.NotFoundError(f"no sysfs at {sysfs}", path=sysfs,
+    on = host()
+    if not os.path.isdir(on.sysfs):
+        raise errors.NotFoundError(f"no sysfs at {on.sysfs}", path=on.sysfs,
                                    remedy="mount sysfs (`mount -t sysfs sysfs /sys`)")
     try:
-        names = os.listdir(os.path.join(sysfs, PCI_DEVICES))
+        names = os.listdir(on.sys_path(PCI_DEVICES))
     except FileNotFoundError:
         return []
     found = []
     for name in names:
         if is_bdf(name):
             with contextlib.suppress(errors.NotFoundError):  # removed while we looked
-                found.append(PciDevice(name, sysfs=sysfs, devroot=devroot))
+                found.append(PciDevice(name, on=on))
     return sorted(found, key=lambda d: d.address)
 
 
 def find(vendor: Union[int, str, None] = None, device: Union[int, str, None] = None,
          class_code: Optional[int] = None, driver: Optional[str] = None, *,
-         class_mask: int = 0xFFFFFF, sysfs: str = "/sys", devroot: str = "/dev"
-         ) -> List[PciDevice]:
+         class_mask: int = 0xFFFFFF) -> List[PciDevice]:
     """The PCI functions matching every criterion given (IDs as ints or hex strings).
 
     ``class_code`` is compared under ``class_mask`` (e.g. ``0x020000`` with
@@ -556,7 +537,7 @@ def find(vendor: Union[int, str, None] = None, device: Union[int, str, None] = N
     """
     want_vendor, want_device = _as_int(vendor), _as_int(device)
     out = []
-    for dev in devices(sysfs, devroot):
+    for dev in devices():
         try:
             if want_vendor is not None and dev.vendor != want_vendor:
                 continue
@@ -572,6 +553,6 @@ def find(vendor: Union[int, str, None] = None, device: Union[int, str, None] = N
     return out
 
 
-def get(bdf: Union[str, PciAddress], sysfs: str = "/sys", devroot: str = "/dev") -> PciDevice:
+def get(bdf: Union[str, PciAddress]) -> PciDevice:
     """The PCI function at ``bdf``; :class:`NotFoundError` when there is none."""
-    return PciDevice(bdf, sysfs=sysfs, devroot=devroot)
+    return PciDevice(bdf)

@@ -10,7 +10,7 @@ import os
 from typing import List, Optional, Tuple
 
 from pyvfio import errors
-from pyvfio.core.sysfs import link_name, read_text
+from pyvfio.core.sysfs import Host, host, link_name, read_text
 from pyvfio.pci.address import is_bdf
 
 __all__ = ["IOMMU_GROUPS", "USER_DMA_DRIVERS", "driver_allows_user_dma", "group_number",
@@ -45,9 +45,9 @@ def group_number(devpath: str) -> Optional[int]:
     return int(name) if name is not None and name.isdigit() else None
 
 
-def group_entries(group: int, sysfs: str = "/sys") -> List[Tuple[str, Optional[str]]]:
+def group_entries(group: int, on: Optional[Host] = None) -> List[Tuple[str, Optional[str]]]:
     """(name, driver) of every device in IOMMU group ``group``, PCI or not, sorted by name."""
-    devdir = os.path.join(sysfs, IOMMU_GROUPS, str(group), "devices")
+    devdir = (on or host()).sys_path(IOMMU_GROUPS, str(group), "devices")
     try:
         names = sorted(os.listdir(devdir))
     except FileNotFoundError:
@@ -55,9 +55,9 @@ def group_entries(group: int, sysfs: str = "/sys") -> List[Tuple[str, Optional[s
     return [(n, link_name(os.path.join(devdir, n, "driver"))) for n in names]
 
 
-def group_blockers(group: int, sysfs: str = "/sys") -> List[Tuple[str, str]]:
+def group_blockers(group: int, on: Optional[Host] = None) -> List[Tuple[str, str]]:
     """(device, driver) of each member of ``group`` whose driver keeps it from VFIO."""
-    return [(name, drv) for name, drv in group_entries(group, sysfs)
+    return [(name, drv) for name, drv in group_entries(group, on)
             if drv is not None and not driver_allows_user_dma(drv)]
 
 
@@ -73,7 +73,7 @@ def not_viable_error(group: int, blockers: List[Tuple[str, str]], *,
         remedy=f"hand every device of group {group} to vfio-pci (or unbind it): {binds}")
 
 
-def vfio_group_path(devpath: str, device: str, devroot: str) -> str:
+def vfio_group_path(devpath: str, device: str, on: Optional[Host] = None) -> str:
     """``/dev/vfio/N`` (``/dev/vfio/noiommu-N`` in no-IOMMU mode) for a device's group."""
     group = group_number(devpath)
     if group is None:
@@ -84,10 +84,10 @@ def vfio_group_path(devpath: str, device: str, devroot: str) -> str:
                    "enable_unsafe_noiommu_mode=1 and bind the device to vfio-pci")
     name = read_text(os.path.join(devpath, "iommu_group", "name"))
     node = f"noiommu-{group}" if name == "vfio-noiommu" else str(group)
-    return os.path.join(devroot, "vfio", node)
+    return (on or host()).dev_path("vfio", node)
 
 
-def vfio_cdev_path(devpath: str, devroot: str) -> Optional[str]:
+def vfio_cdev_path(devpath: str, on: Optional[Host] = None) -> Optional[str]:
     """``/dev/vfio/devices/vfioX`` from ``<device>/vfio-dev/vfioX``, None without one.
 
     VFIO registers ``vfio-dev/vfioX`` for every device it drives, but gives it a
@@ -100,5 +100,5 @@ def vfio_cdev_path(devpath: str, devroot: str) -> Optional[str]:
         return None
     for name in names:
         if os.path.exists(os.path.join(base, name, "dev")):
-            return os.path.join(devroot, "vfio", "devices", name)
+            return (on or host()).dev_path("vfio", "devices", name)
     return None

@@ -15,6 +15,7 @@ from typing import Optional
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import lib
 from pyvfio.vfio.device import Device
 
@@ -24,13 +25,13 @@ __all__ = ["open_device"]
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
-def _locate(name: str, sysfs: str, devroot: str):
+def _locate(name: str):
     """The sysfs view of ``name``: a PciDevice, or an Mdev for a UUID; checked bound to VFIO."""
     if _UUID.match(name):
         from pyvfio.vfio import mdev
-        return mdev.get(name, sysfs=sysfs, devroot=devroot)
+        return mdev.get(name)
     from pyvfio import pci
-    dev = pci.get(name, sysfs=sysfs, devroot=devroot)
+    dev = pci.get(name)
     driver = dev.driver
     if not driver or "vfio" not in driver:
         raise errors.NotBoundError(
@@ -39,7 +40,7 @@ def _locate(name: str, sysfs: str, devroot: str):
     return dev
 
 
-def open_device(name: str, *, iommu: str = "auto", sysfs: str = "/sys", devroot: str = "/dev",
+def open_device(name: str, *, iommu: str = "auto",
                 allow_noiommu: bool = False, iommu_model: Optional[str] = None) -> Device:
     """Open VFIO device ``name`` (a PCI address or an mdev UUID) with its own IOMMU context.
 
@@ -51,26 +52,26 @@ def open_device(name: str, *, iommu: str = "auto", sysfs: str = "/sys", devroot:
     """
     if iommu not in ("auto", "iommufd", "container"):
         raise errors.InvalidArgumentError(f"iommu must be auto, iommufd or container, not {iommu!r}")
-    where = _locate(name, sysfs, devroot)
+    where = _locate(name)
     name = where.name if hasattr(where, "address") else name
     cdev = where.vfio_cdev_path()
-    has_iommufd = os.path.exists(os.path.join(devroot, "iommu"))
+    has_iommufd = os.path.exists(host().dev_path("iommu"))
     if iommu == "iommufd" or (iommu == "auto" and cdev and has_iommufd and not allow_noiommu):
         if not cdev:
             raise errors.NotFoundError(
                 "the device has no VFIO cdev", device=name,
                 remedy="needs a kernel with CONFIG_VFIO_DEVICE_CDEV=y, or use iommu='container'")
-        return _open_iommufd(name, cdev, devroot)
+        return _open_iommufd(name, cdev)
     group_path = where.vfio_group_path()
     if not os.path.exists(group_path):
         raise errors.NotFoundError("no VFIO group node", device=name, path=group_path,
                                    remedy=f"bind the device to vfio-pci: pyvfio bind {name}")
-    return _open_container(name, group_path, devroot, sysfs, allow_noiommu, iommu_model)
+    return _open_container(name, group_path, allow_noiommu, iommu_model)
 
 
-def _open_iommufd(name: str, cdev: str, devroot: str) -> Device:
+def _open_iommufd(name: str, cdev: str) -> Device:
     from pyvfio.iommufd import IommuFd
-    ictx = IommuFd(devroot=devroot)
+    ictx = IommuFd()
     fd = None
     try:
         ioas = ictx.ioas()
@@ -89,7 +90,7 @@ def _open_iommufd(name: str, cdev: str, devroot: str) -> Device:
     return dev
 
 
-def _open_container(name: str, group_path: str, devroot: str, sysfs: str,
+def _open_container(name: str, group_path: str,
                     allow_noiommu: bool, iommu_model: Optional[str]) -> Device:
     from pyvfio.vfio.container import Container
     from pyvfio.vfio.group import Group
@@ -98,10 +99,10 @@ def _open_container(name: str, group_path: str, devroot: str, sysfs: str,
         raise errors.PermissionDeniedError(
             "the device's group is a no-IOMMU group: DMA is not isolated", device=name,
             path=group_path, remedy="pass allow_noiommu=True to accept that")
-    container = Container(devroot=devroot)
+    container = Container()
     group = None
     try:
-        group = Group(group_path, sysfs=sysfs)
+        group = Group(group_path)
         group.set_container(container)
         container.set_iommu(iommu_model or ("noiommu" if noiommu else None),
                             allow_noiommu=allow_noiommu)
