@@ -62,7 +62,7 @@ def bench_uio(dev: pci.PciDevice, iters: int, reps: int) -> List[float]:
 
 
 def bench_vfio(dev: pci.PciDevice, iters: int, reps: int) -> List[float]:
-    from pyvfio.device import open_device
+    from pyvfio.vfio.open import open_device
     subprocess.run(["modprobe", "vfio", "enable_unsafe_noiommu_mode=1"], check=False)
     param = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
     if os.path.exists(param):

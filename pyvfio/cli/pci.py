@@ -22,10 +22,6 @@ def _hex_id(text: str) -> int:
     return value
 
 
-def _add_sysfs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)
-
-
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``ls``, ``bind`` and ``unbind``."""
     ls = subparsers.add_parser(
@@ -38,7 +34,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     ls.add_argument("--vendor", type=_hex_id, metavar="HEX", help="only this vendor ID")
     ls.add_argument("--device", type=_hex_id, metavar="HEX", help="only this device ID")
     ls.add_argument("--driver", metavar="NAME", help="only devices bound to this driver")
-    _add_sysfs(ls)
     ls.set_defaults(func=reports_errors(_ls))
 
     bind = subparsers.add_parser(
@@ -49,7 +44,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     bind.add_argument("--driver", default="vfio-pci",
                       help="driver to bind (default: vfio-pci; uio_pci_generic or uio_msi "
                            "for UIO, without IOMMU isolation)")
-    _add_sysfs(bind)
     bind.set_defaults(func=reports_errors(_bind))
 
     unbind = subparsers.add_parser(
@@ -60,7 +54,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     unbind.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:01:00.0 or 01:00.0")
     unbind.add_argument("--reprobe", action="store_true",
                         help="clear driver_override and let the kernel pick a driver")
-    _add_sysfs(unbind)
     unbind.set_defaults(func=reports_errors(_unbind))
 
 
@@ -74,12 +67,10 @@ def viability(dev: pci.PciDevice) -> str:
     return "not viable: " + ", ".join(f"{name} bound to {drv}" for name, drv in blockers)
 
 
-def uio_bindings(sysfs: str) -> Dict[str, str]:
+def uio_bindings() -> Dict[str, str]:
     """PCI address -> ``uioN`` for every function a UIO driver drives."""
-    from pyvfio.core.sysfs import host, use_host
     from pyvfio.uio import nodes
-    with use_host(host().with_roots(sysfs=sysfs)):
-        return {n.pci: n.node for n in nodes() if n.pci}
+    return {n.pci: n.node for n in nodes() if n.pci}
 
 
 def driver_text(dev: pci.PciDevice, uio: Dict[str, str]) -> str:
@@ -118,9 +109,8 @@ def device_record(dev: pci.PciDevice, uio: Optional[Dict[str, str]] = None) -> D
 
 
 def _ls(args: argparse.Namespace) -> int:
-    found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver,
-                     sysfs=args.sysfs)
-    uio = uio_bindings(args.sysfs)
+    found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver)
+    uio = uio_bindings()
     if args.json:
         json.dump([device_record(d, uio) for d in found], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -139,7 +129,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _bind(args: argparse.Namespace) -> int:
-    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    dev = pci.get(args.bdf)
     previous = dev.bind(args.driver)
     if previous == args.driver:
         print(f"{dev.name}: already bound to {args.driver}")
@@ -160,7 +150,7 @@ def _bind(args: argparse.Namespace) -> int:
     if args.driver in ("uio_pci_generic", "uio_msi"):
         from pyvfio import errors
         try:
-            node = uio_bindings(args.sysfs).get(dev.name)
+            node = uio_bindings().get(dev.name)
         except errors.PyvfioError:
             node = None
         if node:
@@ -171,7 +161,7 @@ def _bind(args: argparse.Namespace) -> int:
 
 
 def _unbind(args: argparse.Namespace) -> int:
-    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    dev = pci.get(args.bdf)
     if args.reprobe:
         previous = dev.driver
         now = dev.reprobe()

@@ -17,7 +17,7 @@ __all__ = ["SysfsConfigSpace"]
 
 
 class SysfsConfigSpace:
-    """The :class:`~pyvfio.pciconfig.ConfigSpace` of PCI function ``bdf`` via sysfs."""
+    """The :class:`~pyvfio.pci.config.ConfigSpace` of PCI function ``bdf`` via sysfs."""
 
     def __init__(self, bdf: str) -> None:
         self.bdf = bdf

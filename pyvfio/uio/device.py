@@ -28,7 +28,10 @@ from pyvfio.core import syscalls
 from pyvfio.core.eventfd import EventFd, check_timeout
 from pyvfio.core.handle import Handle
 from pyvfio.core.uapi import ffi, lib
+from pyvfio.pci import PciDevice
+from pyvfio.pci.config import PciConfig
 from pyvfio.uio import sysfs as _sysfs
+from pyvfio.uio.config import SysfsConfigSpace
 from pyvfio.uio.maps import UioMemoryMap, UioPortRegion
 from pyvfio.uio.sysfs import UioNode
 
@@ -386,10 +389,8 @@ class UioDevice(Handle):
     def _bar_of(self, info) -> Optional[int]:
         if self.pci is None:
             return None
-        from pyvfio.pci import PciDevice
-        from pyvfio.core.sysfs import host
         try:
-            res = PciDevice(self.pci, sysfs=host().sysfs).resources
+            res = PciDevice(self.pci).resources
         except errors.PyvfioError:
             return None
         for r in res[:6]:
@@ -431,8 +432,6 @@ class UioDevice(Handle):
             if self.pci is None:
                 raise errors.NotSupportedError("not a PCI device: no configuration space",
                                                device=self.name)
-            from pyvfio.pciconfig import PciConfig
-            from pyvfio.uio.config import SysfsConfigSpace
             self._config_space = SysfsConfigSpace(self.pci)
             self._config = PciConfig(self._config_space)
         return self._config

@@ -15,7 +15,8 @@ from typing import List, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import syscalls
-from pyvfio.core.sysfs import host
+from pyvfio.core.sysfs import host, link_name, read_text
+from pyvfio.pci import PciAddress
 
 __all__ = ["UioNode", "UioMapInfo", "UioPortInfo", "UIO_DRIVERS", "nodes", "find"]
 
@@ -51,13 +52,8 @@ class UioPortInfo:
 
 
 def _read(path: str, default: Optional[str] = None) -> Optional[str]:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace").strip()
-    except FileNotFoundError:
-        return default
-    except OSError as exc:
-        raise errors.from_errno(exc.errno or 5, op="sysfs read", path=path) from None
+    text = read_text(path)
+    return default if text is None else text
 
 
 def _int(path: str) -> int:
@@ -137,13 +133,8 @@ def _ports(path: str) -> Tuple[UioPortInfo, ...]:
 
 def _node(path: str) -> UioNode:
     name = os.path.basename(path)
-    parent = None
-    try:
-        target = os.path.basename(os.readlink(os.path.join(path, "device")))
-        if _BDF.match(target):
-            parent = target.lower()
-    except OSError:
-        pass
+    target = link_name(os.path.join(path, "device"))
+    parent = target.lower() if target and _BDF.match(target) else None
     return UioNode(name, int(_NODE.match(name).group(1)),  # type: ignore[union-attr]
                    _read(os.path.join(path, "name"), "") or "",
                    _read(os.path.join(path, "version"), "") or "", parent,
@@ -176,20 +167,14 @@ def find(which: str) -> UioNode:
                 remedy="`pyvfio ls` shows the UIO bindings; bind a device with "
                        "`pyvfio bind BDF --driver uio_pci_generic`")
         return _node(path)
-    from pyvfio.pci import PciAddress
     bdf = str(PciAddress.parse(which))
     for n in nodes():
         if n.pci == bdf:
             return n
-    driver = None
-    link = host().sys_path("bus", "pci", "devices", bdf, "driver")
     if not os.path.isdir(host().sys_path("bus", "pci", "devices", bdf)):
         raise errors.NotFoundError(f"no PCI device {bdf}", device=bdf,
                                    remedy="`pyvfio ls` lists the PCI devices present")
-    try:
-        driver = os.path.basename(os.readlink(link))
-    except OSError:
-        pass
+    driver = link_name(host().sys_path("bus", "pci", "devices", bdf, "driver"))
     raise errors.NotBoundError(
         f"bound to {driver or 'no driver'}, not to a UIO driver ({', '.join(UIO_DRIVERS)})",
         device=bdf, remedy=f"`pyvfio bind {bdf} --driver uio_pci_generic` (INTx) or "

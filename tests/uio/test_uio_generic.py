@@ -15,7 +15,7 @@ import pytest
 
 from pyvfio import errors, uio
 from pyvfio.core.memory import DmaBuffer
-from uio.conftest import needs_no_iommu
+from uio_env import needs_no_iommu, no_leaks, uio_env  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.device
 

@@ -9,6 +9,7 @@ import pytest
 from pyvfio import errors, uio
 from pyvfio.cli import main
 from pyvfio.core.memory import DmaBuffer
+from uio_env import no_leaks  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -26,13 +27,13 @@ def mock_env(tmp_path):
 
 
 def test_ls_shows_uio_bindings(mock_env, capsys):
-    assert main(["ls", "--sysfs", mock_env.sysfs]) == 0
+    assert main(["--sysfs", mock_env.sysfs, "ls"]) == 0
     out = capsys.readouterr().out.splitlines()
     row = {line.split()[0]: line for line in out[1:]}
     assert "uio_pci_generic (uio0)" in row["0000:00:10.0"]
     assert "uio_msi (uio1)" in row["0000:00:12.0"]
     assert "vfio-pci" in row["0000:00:13.0"] and "(uio" not in row["0000:00:13.0"]
-    assert main(["ls", "--json", "--sysfs", mock_env.sysfs]) == 0
+    assert main(["--sysfs", mock_env.sysfs, "ls", "--json"]) == 0
     records = {r["address"]: r for r in json.loads(capsys.readouterr().out)}
     assert records["0000:00:10.0"]["uio"] == "uio0"
     assert records["0000:00:12.0"]["uio"] == "uio1"

@@ -16,6 +16,7 @@ from pyvfio import errors, uio
 from pyvfio.core import syscalls
 from pyvfio.core.eventfd import EventFd
 from pyvfio.core.uapi import ffi, lib
+from uio_env import no_leaks, uio_env  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.device
 

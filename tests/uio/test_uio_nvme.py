@@ -8,26 +8,22 @@ in the lab guests only.
 """
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
 from pyvfio import errors, uio
 from pyvfio.core.eventfd import EventFd
 from pyvfio.drivers.nvme import Nvme
+from uio_env import needs_no_iommu, no_leaks, uio_env  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.device,
               pytest.mark.filterwarnings("ignore::pyvfio.uio.UioDmaWarning")]
 
-
 @pytest.fixture
 def nvme_uio(uio_env, lab_target):
-    from uio.conftest import needs_no_iommu
     needs_no_iommu(lab_target)
     with uio_env.bound("nvme", "uio_msi") as bdf:
         with uio.open_uio(bdf) as dev:
             yield dev, bdf
-
 
 def test_admin_on_vector_0_and_io_on_vector_1(nvme_uio, uio_env):
     dev, bdf = nvme_uio
@@ -50,7 +46,6 @@ def test_admin_on_vector_0_and_io_on_vector_1(nvme_uio, uio_env):
         ctrl.delete_io_queue(1)
         assert ctrl.interrupts - admin0 == 5
 
-
 def test_replacing_an_eventfd_moves_the_interrupts(nvme_uio):
     dev, bdf = nvme_uio
     with Nvme(dev, vectors=2) as ctrl:
@@ -65,7 +60,6 @@ def test_replacing_an_eventfd_moves_the_interrupts(nvme_uio):
             assert old.closed                           # ours, closed when replaced
             dev.msix.clear(1)
         ctrl.delete_io_queue(1)
-
 
 def test_fd_minus_1_silences_a_vector(nvme_uio, uio_env):
     dev, bdf = nvme_uio
