@@ -15,14 +15,14 @@ from pyvfio.drivers.edu import Edu
 @pytest.mark.host
 def test_allocator_stays_inside_the_reported_ranges():
     # an Intel IOMMU: everything but the MSI window 0xfee00000-0xfeefffff
-    a = IovaAllocator([(0, 0xFEDFFFFF), (0xFEF00000, (1 << 48) - 1)])
+    a = IovaAllocator([(0, 0x1FFFFF), (0x300000, (1 << 48) - 1)])
     first = a.alloc(0x1000)
     assert first == 0
-    big = a.alloc(0xFEE00000 - 0x1000)         # exactly fills the rest of the first range
-    assert big == 0x1000
+    rest = a.alloc(0x1FF000)                     # exactly fills the rest of the first range
+    assert rest == 0x1000
     nxt = a.alloc(0x2000)
-    assert nxt == 0xFEF00000                     # skips the reserved MSI window
-    assert a.used == ((0, 0x1000), (0x1000, 0xFEE00000), (0xFEF00000, 0xFEF02000))
+    assert nxt == 0x300000                       # skips the hole between the ranges
+    assert a.used == ((0, 0x1000), (0x1000, 0x200000), (0x300000, 0x302000))
 
 
 @pytest.mark.host
@@ -41,12 +41,51 @@ def test_fixed_iova_outside_ranges_or_overlapping_is_refused():
         a.reserve(0xFEE00000, 0x1000)
     assert "[0x0-0xfedfffff], [0xfef00000-0xffffffff]" in str(ei.value)
     a.reserve(0x10000, 0x4000)
-    with pytest.raises(errors.IovaError, match="overlaps"):
+    with pytest.raises(errors.IovaError,
+                       match=r"\[0x12000-0x12fff\] overlaps the mapping \[0x10000-0x13fff\]"):
         a.reserve(0x12000, 0x1000)
+    with pytest.raises(errors.IovaError, match="overlaps the mapping"):
+        a.reserve(0xF000, 0x2000)
     with pytest.raises(errors.IovaError, match="aligned"):
         a.reserve(0x20001, 0x1000)
     a.free(0x10000)
     assert a.reserve(0x12000, 0x1000) == 0x12000
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("page", [HUGE_2M, HUGE_1G], ids=["2M", "1G"])
+def test_allocator_aligns_to_the_buffer_page_size(page):
+    a = IovaAllocator([(0, (1 << 48) - 1)])
+    assert a.alloc(0x1000) == 0
+    assert a.alloc(0x3000) == 0x1000             # small mappings pack at the IOMMU page size
+    assert a.alloc(page, page_size=page) == page  # a huge page lands on its own boundary
+    assert a.alloc(0x1000) == 0x4000             # and the gap before it is still used
+    assert a.alloc(2 * page, page_size=page) == 2 * page
+
+
+@pytest.mark.host
+def test_allocator_prefers_a_large_page_boundary_for_large_mappings():
+    a = IovaAllocator([(0, (1 << 48) - 1)])
+    a.alloc(0x1000)
+    assert a.alloc(4 << 20) == HUGE_2M           # 4 KiB pages, yet 2 MiB-aligned: THP can use it
+    assert a.alloc(HUGE_1G + 0x1000) == HUGE_1G
+    # where only a smaller alignment fits, the allocation still succeeds
+    b = IovaAllocator([(0x1000, 0x2FFFFF)])
+    assert b.alloc(HUGE_2M) == 0x1000
+    with pytest.raises(errors.IovaError, match="aligned to 0x200000"):
+        b.alloc(0x1000, page_size=HUGE_2M)
+
+
+@pytest.mark.host
+def test_range_past_the_64_bit_space_names_the_last_iova():
+    a = IovaAllocator([(0, (1 << 64) - 1)])
+    with pytest.raises(errors.IovaError) as ei:
+        a.reserve((1 << 64) - 0x1000, 0x2000)
+    msg = str(ei.value)
+    assert "0x2000 bytes at IOVA 0xfffffffffffff000 do not fit the 64-bit IOVA space" in msg
+    assert "(the last IOVA is 0xffffffffffffffff)" in msg
+    assert "0x10000000000000fff" not in msg and ei.value.remedy
+    assert a.used == ()
 
 
 # -- buffers (host) ------------------------------------------------------------------

@@ -104,7 +104,8 @@ class IoAddressSpace:
             raise errors.InvalidArgumentError("map() needs a DmaBuffer, or vaddr and size")
         alloc = self.allocator
         if iova is None:
-            iova = alloc.alloc(size, dma_mask_bits=dma_mask_bits)
+            iova = alloc.alloc(size, page_size=buffer.page_size if buffer is not None else None,
+                               dma_mask_bits=dma_mask_bits)
         else:
             alloc.reserve(iova, size, device=self.name)
         try:
@@ -128,7 +129,15 @@ class IoAddressSpace:
         iova = mapping.iova if isinstance(mapping, DmaMapping) else mapping
         m = self._mappings.get(iova)
         if m is None:
-            raise errors.IovaError(f"no mapping at IOVA {iova:#x}", device=self.name)
+            inside = [o for o in self._mappings.values() if o.iova < iova < o.iova + o.size]
+            if inside:
+                o = inside[0]
+                raise errors.IovaError(
+                    f"IOVA {iova:#x} lies inside the mapping at {o.iova:#x} "
+                    f"({o.size:#x} bytes)", device=self.name,
+                    remedy=f"unmap the whole mapping at IOVA {o.iova:#x}")
+            raise errors.IovaError(f"no mapping at IOVA {iova:#x}", device=self.name,
+                                   remedy="pass the IOVA that map() returned")
         self._unmap(m.iova, m.size)
         self._forget(m)
 
