@@ -38,5 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the exit status."""
+    from pyvfio.cli.lab import normalize_argv
+    argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     return int(args.func(args))
