@@ -196,7 +196,7 @@ class MmioAccess:
     def _store(self, off: int, size: int, value: int) -> None:
         self._mmio_check(off, size, True)
         self._aligned(off, size, "write")
-        if not isinstance(value, int) or value < 0 or value >> (size * 8):
+        if type(value) is bool or not isinstance(value, int) or value < 0 or value >> (size * 8):
             raise errors.InvalidArgumentError(
                 f"{value!r} does not fit {size * 8} bits", device=self._mmio_device,
                 remedy=f"pass an integer from 0 to {(1 << size * 8) - 1:#x}")

@@ -49,7 +49,8 @@ class IoAddressSpace:
     def _map(self, vaddr: int, iova: int, size: int, readable: bool, writable: bool) -> None:
         raise NotImplementedError
 
-    def _unmap(self, iova: int, size: int) -> None:
+    def _unmap(self, iova: int, size: int) -> Optional[int]:
+        """Remove [iova, iova+size); return the bytes the kernel says it unmapped."""
         raise NotImplementedError
 
     def _unmap_everything(self) -> None:
@@ -123,8 +124,12 @@ class IoAddressSpace:
             self._per_buffer[id(m.buffer)] = self._per_buffer.get(id(m.buffer), 0) + 1
         return m
 
-    def unmap(self, mapping: Union[DmaMapping, int]) -> None:
-        """Remove a mapping (given as the mapping or its IOVA)."""
+    def unmap(self, mapping: Union[DmaMapping, int]) -> int:
+        """Remove a mapping (given as the mapping or its IOVA); returns the bytes unmapped.
+
+        The count is the kernel's (``VFIO_IOMMU_UNMAP_DMA``'s ``size``,
+        ``IOMMU_IOAS_UNMAP``'s ``length`` on return).
+        """
         self._check_open()
         iova = mapping.iova if isinstance(mapping, DmaMapping) else mapping
         m = self._mappings.get(iova)
@@ -138,8 +143,9 @@ class IoAddressSpace:
                     remedy=f"unmap the whole mapping at IOVA {o.iova:#x}")
             raise errors.IovaError(f"no mapping at IOVA {iova:#x}", device=self.name,
                                    remedy="pass the IOVA that map() returned")
-        self._unmap(m.iova, m.size)
+        done = self._unmap(m.iova, m.size)
         self._forget(m)
+        return m.size if done is None else done
 
     def _forget(self, m: DmaMapping) -> None:
         del self._mappings[m.iova]
