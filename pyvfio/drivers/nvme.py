@@ -37,6 +37,7 @@ import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
+from pyvfio.core import mmio
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
 
 __all__ = [
@@ -382,6 +383,7 @@ class QueuePair:
                           cdw10, cdw11, cdw12, cdw13, cdw14, cdw15)
         self.sq.write(self.sq_tail * SQE_SIZE, sqe)
         self.sq_tail = (self.sq_tail + 1) % self.depth
+        mmio.wmb()                      # the command in memory before the doorbell rings
         nvme.bar.write32(nvme.sq_doorbell(self.qid), self.sq_tail)
         cqe = self._wait(cid, opcode, nvme.timeout if timeout is None else timeout)
         if not cqe.ok:
@@ -399,6 +401,7 @@ class QueuePair:
         dw3, = struct.unpack("<I", self.cq.read(off + 12, 4))
         if (dw3 >> 16) & 1 != self.phase:
             return None
+        mmio.dma_rmb()                  # the phase bit before the rest of the entry
         cqe = Completion.decode(self.cq.read(off, CQE_SIZE))
         self.cq_head += 1
         if self.cq_head == self.depth:
