@@ -112,11 +112,14 @@ def full_tree(kernel: Kernel) -> Path:
     return obj
 
 
-def build_modules(kernel: Kernel, modules: OotModules = VDPA_SIM) -> Path:
+def build_modules(kernel: Kernel, modules: OotModules = VDPA_SIM, *,
+                  into: Optional[Path] = None) -> Path:
     """Build ``modules`` for ``kernel``; return the directory of the ``.ko`` files.
 
     The stock kernel builds against Debian's headers packages, the full
-    kernel against its own build tree.
+    kernel against its own build tree.  The result is cached under the
+    lab's cache (``oot/``), or under ``into`` (e.g. an empty directory, to
+    check that the modules build from nothing).
     """
     if kernel.flavour == "full" and modules.kernel_sources:
         raise ValueError("the full kernel builds the kernel's own modules in")
@@ -126,7 +129,7 @@ def build_modules(kernel: Kernel, modules: OotModules = VDPA_SIM) -> Path:
         kernel.vmlinux.parent.name
     key = digest(kernel.release.encode(), build_id.encode(),
                  " ".join(modules.objects).encode(), *sources)
-    out = cache_dir() / "oot" / f"{modules.name}-{kernel.release}-{key}"
+    out = (into or cache_dir() / "oot") / f"{modules.name}-{kernel.release}-{key}"
     if list(out.glob("*.ko")):
         return out
     with locked(out):
