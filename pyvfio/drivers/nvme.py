@@ -41,7 +41,8 @@ from pyvfio.core import mmio
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
 
 __all__ = [
-    "Nvme", "NvmeError", "QueuePair", "Capabilities", "Completion", "ControllerInfo", "NamespaceInfo",
+    "Nvme", "NvmeError", "QueuePair", "Capabilities", "Completion", "ControllerInfo",
+    "NamespaceInfo",
     "LbaFormat", "status_text", "CLASS_CODE",
 ]
 

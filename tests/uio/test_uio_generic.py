@@ -242,3 +242,28 @@ def test_pagemap_without_privilege_real(lab_target):
         os.close(rfd)
         os.waitpid(pid, 0)
     assert answer == "refused 1 True"
+
+
+def test_cli_binds_to_uio_and_ls_shows_the_node(lab_target, capsys):
+    """``pyvfio bind --driver uio_pci_generic|uio_msi`` through driver_override, then ``ls``."""
+    if lab_target.kind != "real":
+        pytest.skip("binding needs the kernel's driver core (tests/uio/test_uio_host.py "
+                    "checks ls on the mock)")
+    from pyvfio import pci
+    from pyvfio.cli import main
+    dev = pci.find(vendor=0x1234, device=0x11E8)[0]
+    before = dev.driver
+    try:
+        for driver in ("uio_pci_generic", "uio_msi"):
+            assert main(["bind", dev.name, "--driver", driver]) == 0
+            out, err = capsys.readouterr()
+            node = uio.find(dev.name).node
+            assert f"/dev/{node}" in out and "not isolated" in err
+            assert dev.driver == driver and dev.driver_override == driver
+            assert main(["ls", "--vendor", "1234"]) == 0
+            row = next(line for line in capsys.readouterr().out.splitlines()
+                       if line.startswith(dev.name))
+            assert f"{driver} ({node})" in row
+    finally:
+        dev.unbind()
+        assert dev.reprobe() == before

@@ -1,4 +1,5 @@
-"""UIO fixtures (imported by the tests of this directory): functions bound to uio_pci_generic / uio_msi, real or mock.
+"""UIO fixtures, imported by the tests of this directory: functions bound to
+uio_pci_generic / uio_msi, real or mock.
 
 In a lab guest the tests bind QEMU's devices (edu at 00:10.0 and 00:11.0,
 nvme, e1000e) to the real drivers (uio_msi is the project's module, built
