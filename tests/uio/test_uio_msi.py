@@ -139,3 +139,21 @@ def test_intx_fallback_delivers_edu_interrupt_to_vector_0(uio_env):
                     efd.wait(0.2)
                 bar.write32(0x64, 1)
                 dev.interrupt.enable()
+
+
+def test_port_region_reaches_the_same_register_as_the_map(uio_env, lab_target):
+    """e1000e's I/O BAR: IOADDR (0) selects a register, IODATA (4) reads it."""
+    if lab_target.kind != "real":
+        pytest.skip("no mock function has an I/O BAR")
+    if not os.path.exists("/dev/port"):
+        pytest.skip(f"kernel {lab_target.kernel} has no /dev/port (CONFIG_DEVPORT)")
+    with uio_env.bound("msix", "uio_msi") as bdf:
+        with uio.open_uio(bdf) as dev:
+            (port,) = dev.node.ports
+            assert (port.name, port.size, port.porttype) == ("BAR2", 32, "port_x86")
+            region = dev.port(0)
+            status = dev.bar(0).read32(0x08)                  # STATUS through the map
+            region.write(0, 4, 0x08)                          # IOADDR = STATUS
+            assert region.read(4, 4) == status                # IODATA
+            with pytest.raises(errors.OutOfBoundsError):
+                region.read(32, 4)
