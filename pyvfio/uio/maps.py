@@ -7,26 +7,26 @@ and 8 bytes are single accesses of that width through the mapping
 map's size first, so a bad offset raises
 :class:`~pyvfio.errors.OutOfBoundsError` instead of a SIGBUS.
 
-Port regions are I/O-port ranges; user space reaches them through
-``/dev/port`` (root), one access of the given width per call.
+Port regions are I/O-port ranges; user space reaches them with in/out
+instructions after ioperm(2) (root, x86), one access of the given width
+per call.
 """
 from __future__ import annotations
 
 import mmap as _mmap
-import os
-import struct
 from typing import Any, Optional
 
 from pyvfio import errors
 from pyvfio.core import syscalls
-from pyvfio.core.sysfs import host
 from pyvfio.core.mmio import MmioAccess, Window
+from pyvfio.core.uapi import lib
 from pyvfio.uio.sysfs import UioMapInfo, UioPortInfo
 
 __all__ = ["UioMemoryMap", "UioPortRegion", "PAGE_SIZE"]
 
 PAGE_SIZE = _mmap.PAGESIZE
-_FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+_INS = {1: lib.pyvfio_inb, 2: lib.pyvfio_inw, 4: lib.pyvfio_inl}
+_OUTS = {1: lib.pyvfio_outb, 2: lib.pyvfio_outw, 4: lib.pyvfio_outl}
 
 
 class UioMemoryMap(MmioAccess):
@@ -101,44 +101,53 @@ class UioMemoryMap(MmioAccess):
 
 
 class UioPortRegion:
-    """I/O-port region ``info.index`` of a UIO device, accessed through ``/dev/port``."""
+    """I/O-port region ``info.index`` of a UIO device, reached with in/out instructions.
+
+    The first access opens the range to the calling thread with ioperm(2)
+    (root, x86; the permission is per thread); :meth:`close` gives it back.
+    """
 
     def __init__(self, device: Any, info: UioPortInfo) -> None:
         self.device = device
         self.info = info
         self.index = info.index
         self.size = info.size
-        self._fd: Optional[int] = None
+        self._open = False
 
     def _port(self, off: int, size: int) -> int:
         self.device._check_open()
-        if isinstance(off, bool) or not isinstance(off, int) or off < 0 \
-                or off + size > self.size:
+        if size not in _INS:
+            raise errors.InvalidArgumentError(f"port accesses are 1, 2 or 4 bytes, not {size!r}",
+                                              device=self.device.name)
+        if type(off) is not int or off < 0 or off + size > self.size:
             raise errors.OutOfBoundsError(
                 f"port access of {size} bytes at {off!r} is outside port region {self.index} "
                 f"({self.size:#x} ports)", device=self.device.name,
                 remedy=f"use offsets below {self.size:#x}")
-        if self._fd is None:
-            self._fd = syscalls.open(host().dev_path("port"), os.O_RDWR,
-                                     device=self.device.name)
+        if off % size:
+            raise errors.InvalidArgumentError(f"{size * 8}-bit port access at {off:#x} is not "
+                                              "naturally aligned", device=self.device.name)
+        if not self._open:
+            syscalls.ioperm(self.info.start, self.size, True, device=self.device.name)
+            self._open = True
         return self.info.start + off
 
     def read(self, off: int, size: int) -> int:
-        """An ``in`` of ``size`` (1, 2 or 4) bytes at port ``start + off``."""
-        port = self._port(off, size)
-        return struct.unpack(_FMT[size], syscalls.pread(self._fd, size, port,  # type: ignore
-                                                        device=self.device.name))[0]
+        """One ``in`` of ``size`` (1, 2 or 4) bytes at port ``start + off``."""
+        return int(_INS[size](self._port(off, size)))
 
     def write(self, off: int, size: int, value: int) -> None:
-        """An ``out`` of ``size`` bytes at port ``start + off``."""
+        """One ``out`` of ``size`` bytes at port ``start + off``."""
         port = self._port(off, size)
-        syscalls.pwrite(self._fd, struct.pack(_FMT[size], value), port,  # type: ignore
-                        device=self.device.name)
+        if type(value) is not int or not 0 <= value < 1 << (8 * size):
+            raise errors.InvalidArgumentError(f"{value!r} does not fit {size * 8} bits",
+                                              device=self.device.name)
+        _OUTS[size](port, value)
 
     def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            syscalls.close(fd)
+        if self._open:
+            self._open = False
+            syscalls.ioperm(self.info.start, self.size, False, device=self.device.name)
 
     def __repr__(self) -> str:
         return (f"<UioPortRegion {self.index} of {self.device.name}: ports "
