@@ -1,0 +1,82 @@
+"""KVM fixtures: the real /dev/kvm (host or lab guest) and the mock KVM.
+
+The host's /dev/kvm runs small real-mode guests, so the x86 tests there are
+real kernel tests; their result lines say ``real <host release> host-kvm``.
+In a lab guest /dev/kvm exists only when the guest CPU has SVM (nested KVM
+under TCG: ``pyvfio lab run --cpu qemu64,+svm``); without it those tests skip.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Iterator
+
+import pytest
+
+from pyvfio.core import syscalls
+from pyvfio.lab import in_guest
+
+
+def _kvm_usable() -> str:
+    """'' when /dev/kvm can be opened, else why not."""
+    from pyvfio.core.sysfs import host
+    path = host().dev_path("kvm")
+    if in_guest() and not os.path.exists(path):
+        os.system("modprobe kvm_amd >/dev/null 2>&1; modprobe kvm_intel >/dev/null 2>&1")
+    if not os.path.exists(path):
+        where = "this lab guest" if in_guest() else "this host"
+        return (f"no {path} on {where} (a lab guest needs an SVM CPU for nested KVM: "
+                "`pyvfio lab run --cpu qemu64,+svm`)")
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not accessible to this user"
+    return ""
+
+
+@pytest.fixture
+def leaks() -> Iterator[None]:
+    """Descriptors and mappings back to their starting values after the test."""
+    fds = dict(syscalls.open_fds())
+    maps = list(syscalls.live_mappings())
+    yield
+    assert syscalls.open_fds() == fds
+    assert syscalls.live_mappings() == maps
+
+
+@pytest.fixture
+def real_kvm(request, leaks):
+    """A :class:`pyvfio.kvm.Kvm` on the real kernel's /dev/kvm (host or lab guest)."""
+    why = _kvm_usable()
+    if why:
+        pytest.skip(why)
+    from pyvfio.kvm import Kvm
+    if not in_guest():
+        label = f"real {os.uname().release} host-kvm"
+        props = request.node.user_properties
+        props[:] = [p for p in props if p[0] != "lab_target"]
+        props.append(("lab_target", label))
+    with Kvm() as kvm:
+        yield kvm
+
+
+@pytest.fixture
+def alarm():
+    """``alarm(seconds)``: a SIGALRM that interrupts a stuck KVM_RUN (exit INTR)."""
+    old = signal.signal(signal.SIGALRM, lambda *a: None)
+
+    def arm(seconds: float) -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    yield arm
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def mock_kvm(tmp_path):
+    """The mock kernel with a LoongArch-speaking /dev/kvm, as the current host."""
+    from pyvfio.core.sysfs import Host, use_host
+    from pyvfio.mock import mock_kernel
+    from pyvfio.mock import kvm as mock_kvm_mod
+    with mock_kernel(tmp_path) as mock:
+        mock_kvm_mod.register(mock)
+        with use_host(Host(sysfs=mock.sysfs, dev=mock.devroot)):
+            yield mock
