@@ -216,6 +216,8 @@ class Vcpu(Handle):
         try:
             syscalls.ioctl(self.fd, request, self._one, device=self.name)
         except errors.PyvfioError as exc:
+            # KVM_GET_ONE_REG shares its number with KVM_ARM_SET_DEVICE_ADDR: name it here
+            exc.op = self._onereg_name[request]
             exc.message = f"{exc.message} ({_regs.describe(reg_id)}, id {reg_id:#x})"
             if exc.errno in (_errno.ENOENT, _errno.EINVAL):
                 exc.remedy = ("the kernel has no such register for this vCPU (or refused the "

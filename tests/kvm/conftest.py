@@ -50,10 +50,7 @@ def real_kvm(request, leaks):
         pytest.skip(why)
     from pyvfio.kvm import Kvm
     if not in_guest():
-        label = f"real {os.uname().release} host-kvm"
-        props = request.node.user_properties
-        props[:] = [p for p in props if p[0] != "lab_target"]
-        props.append(("lab_target", label))
+        label(request, f"real {os.uname().release} host-kvm")
     with Kvm() as kvm:
         yield kvm
 
@@ -70,9 +67,17 @@ def alarm():
     signal.signal(signal.SIGALRM, old)
 
 
+def label(request, text: str) -> None:
+    """Say where the test ran in its result line (``-v``): ``[real ...]`` or ``[mock]``."""
+    props = request.node.user_properties
+    props[:] = [p for p in props if p[0] != "lab_target"]
+    props.append(("lab_target", text))
+
+
 @pytest.fixture
-def mock_kvm(tmp_path):
+def mock_kvm(request, tmp_path):
     """The mock kernel with a LoongArch-speaking /dev/kvm, as the current host."""
+    label(request, "mock")
     from pyvfio.core.sysfs import Host, use_host
     from pyvfio.mock import mock_kernel
     from pyvfio.mock import kvm as mock_kvm_mod

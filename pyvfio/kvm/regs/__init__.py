@@ -4,7 +4,7 @@ Every id carries the architecture in bits 63..56 (``KVM_REG_ARCH_MASK``) and
 the register's size in bits 55..52 (``KVM_REG_SIZE_MASK``: the size is
 ``1 << field`` bytes, U8 up to U2048); the rest is the architecture's own.
 The submodules build ids from each architecture's register names
-(:mod:`.arm64`, :mod:`.loongarch`, :mod:`.riscv`) and :func:`describe`
+(:mod:`.arm64`, :mod:`.loongarch`, :mod:`.riscv`, :mod:`.x86`) and :func:`describe`
 turns any id back into words.
 """
 from __future__ import annotations
@@ -65,9 +65,10 @@ def arch_of(reg_id: int) -> str:
 
 def describe(reg_id: int) -> str:
     """The id in words: ``"arm64 sysreg DBGBCR3_EL1 (2,0,0,3,5), 64-bit"``."""
-    from pyvfio.kvm.regs import arm64, loongarch, riscv
+    from pyvfio.kvm.regs import arm64, loongarch, riscv, x86
     decoders: Dict[str, Callable[[int], str]] = {
-        "arm64": arm64.describe, "loongarch": loongarch.describe, "riscv64": riscv.describe}
+        "arm64": arm64.describe, "loongarch": loongarch.describe, "riscv64": riscv.describe,
+        "x86": x86.describe}
     arch = arch_of(reg_id)
     try:
         bits = f"{bits_of(reg_id)}-bit"
