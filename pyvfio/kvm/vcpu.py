@@ -210,6 +210,20 @@ class Vcpu(Handle):
         arg = ffi.new("struct kvm_interrupt *", {"irq": irq})
         self._ioctl(lib.KVM_INTERRUPT, arg)
 
+    def arm_vcpu_init(self, features: Any = (), init: Any = None) -> None:
+        """KVM_ARM_VCPU_INIT (arm64): reset the vCPU as the VM's preferred target with
+        ``features`` (bit numbers, e.g. ``lib.KVM_ARM_VCPU_PSCI_0_2``); needed before
+        registers or KVM_RUN."""
+        req = getattr(lib, "KVM_ARM_VCPU_INIT", None)
+        if req is None:
+            raise errors.NotSupportedError("KVM_ARM_VCPU_INIT exists on arm64 only",
+                                           device=self.name)
+        if init is None:
+            init = self.vm.arm_preferred_target()
+        for bit in features:
+            init.features[bit // 32] |= 1 << (bit % 32)
+        self._ioctl(req, init)
+
     # -- ONE_REG -------------------------------------------------------------------------------
     def _one_reg(self, request: int, reg_id: int) -> None:
         self._one.id = reg_id

@@ -154,6 +154,16 @@ class Vm(Handle):
         arg = ffi.new("uint64_t *", addr)
         self._ioctl(lib.KVM_SET_IDENTITY_MAP_ADDR, arg)
 
+    def arm_preferred_target(self) -> Any:
+        """KVM_ARM_PREFERRED_TARGET (arm64): a ``struct kvm_vcpu_init`` for this host's CPUs."""
+        req = getattr(lib, "KVM_ARM_PREFERRED_TARGET", None)
+        if req is None:
+            raise errors.NotSupportedError("KVM_ARM_PREFERRED_TARGET exists on arm64 only",
+                                           device=self.name)
+        init = ffi.new("struct kvm_vcpu_init *")
+        self._ioctl(req, init)
+        return init
+
     # -- vCPUs and devices ---------------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int = 0) -> "Vcpu":
         """KVM_CREATE_VCPU: vCPU ``vcpu_id`` with its ``kvm_run`` mapped."""
