@@ -78,10 +78,8 @@ def label(request, text: str) -> None:
 def mock_kvm(request, tmp_path):
     """The mock kernel with a LoongArch-speaking /dev/kvm, as the current host."""
     label(request, "mock")
-    from pyvfio.core.sysfs import Host, use_host
     from pyvfio.mock import mock_kernel
     from pyvfio.mock import kvm as mock_kvm_mod
-    with mock_kernel(tmp_path) as mock:
+    with mock_kernel(tmp_path) as mock:       # installed: syscalls and the host roots
         mock_kvm_mod.register(mock)
-        with use_host(Host(sysfs=mock.sysfs, dev=mock.devroot)):
-            yield mock
+        yield mock

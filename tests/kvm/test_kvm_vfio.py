@@ -31,11 +31,10 @@ def kvm_for(request, vfio_edu):
         with Kvm() as kvm:
             yield kvm
         return
-    from pyvfio.core.sysfs import Host, use_host
     from pyvfio.mock import kvm as mock_kvm
-    mock_kvm.register(vfio_edu.mock)
+    mock_kvm.register(vfio_edu.mock)       # vfio_edu installed the mock as syscalls and host
     label(request, "mock")
-    with use_host(Host(sysfs=vfio_edu.mock.sysfs, dev=vfio_edu.mock.devroot)), Kvm() as kvm:
+    with Kvm() as kvm:
         yield kvm
 
 
