@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import _open, require_vfio_path
+from support import open_path as _open, require_vfio_path
 from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.drivers.edu import IRQ_ACK, IRQ_RAISE, IRQ_STATUS, Edu
