@@ -22,6 +22,7 @@ Layout (no module imports :mod:`pyvfio.mock.kernel` but this one)::
     iommufd.py     family "iommufd": /dev/iommu
     pci/           family "pci": PciFunction, EduModel, SysfsTree (the one fake sysfs)
     vfio/          family "vfio": container, groups, vfio-pci, type1, sPAPR TCE
+    kvm.py         family "kvm": /dev/kvm with LoongArch ONE_REG rules, the KVM-VFIO device
 
 Adding a family (mock/vhost, mock/uio, mock/kvm, mock/vdpa ...)
 ----------------------------------------------------------------
@@ -61,6 +62,7 @@ from pyvfio.core import syscalls
 from pyvfio.mock.core import process as _process  # noqa: F401  (registers "process")
 from pyvfio.mock import iommu as _iommu  # noqa: F401  (registers "iommu")
 from pyvfio.mock import iommufd as _iommufd  # noqa: F401  (registers "iommufd")
+from pyvfio.mock import kvm as _kvm  # noqa: F401  (registers "kvm")
 from pyvfio.mock import vfio as _vfio  # noqa: F401  (registers "vfio")
 from pyvfio.mock.core.uaccess import DmaFault
 from pyvfio.mock.kernel import MockKernel

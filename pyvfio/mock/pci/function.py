@@ -9,13 +9,14 @@ the IOMMU and interrupts to eventfds.  Register offsets and bits come from
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+import collections
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio.core.uapi import lib
 from pyvfio.mock.core.uaccess import DmaFault
 from pyvfio.pci.address import PciAddress
 
-__all__ = ["BarSpec", "PciFunction", "HostFunction"]
+__all__ = ["BarSpec", "MmioAccess", "PciFunction", "HostFunction"]
 
 #: The RW1C error bits of the status register.
 _STATUS_ERRORS = (lib.PCI_STATUS_DETECTED_PARITY | lib.PCI_STATUS_SIG_SYSTEM_ERROR
@@ -34,6 +35,15 @@ class HostFunction(NamedTuple):
     device: int = 0x10D3
     class_code: int = 0x020000
     driver: str = "e1000e"
+
+
+class MmioAccess(NamedTuple):
+    """One access a PCI function saw on its BARs."""
+    op: str          # "read" or "write"
+    bar: int
+    offset: int
+    size: int        # bytes: 1, 2, 4 or 8
+    value: int
 
 
 class BarSpec(NamedTuple):
@@ -90,6 +100,9 @@ class PciFunction:
         self.intx_level = False
         self.host: Any = None           # the mock vfio-pci device, when bound
         self.faults: List[DmaFault] = []
+        #: the memory accesses that reached the function over the bus, in order (the last 64 Ki)
+        self.accesses: Deque[MmioAccess] = collections.deque(maxlen=1 << 16)
+        self.msi_sent = 0               # MSIs the function sent
         #: The machine's fault log (the mock's process family), set when plugged in.
         self.faults_log: Optional[List[DmaFault]] = None
         self._init_header()
@@ -248,6 +261,7 @@ class PciFunction:
         """An MSI write: a memory write, so it needs bus mastering."""
         if not self.msi_enabled or not self.bus_master:
             return
+        self.msi_sent += 1
         if self.host is not None:
             self.host.msi(vector)
 
@@ -280,6 +294,19 @@ class PciFunction:
             self._fault(addr, len(data), True, "no DMA translation (device not in use)")
             return
         self.host.dma_write(addr, data)
+
+    # -- the bus side: what the host's accesses look like to the function ------------------
+
+    def bus_read(self, bar: int, offset: int, size: int) -> int:
+        """One memory read TLP of ``size`` bytes: logged in :attr:`accesses`, then decoded."""
+        value = self.mmio_read(bar, offset, size)
+        self.accesses.append(MmioAccess("read", bar, offset, size, value))
+        return value
+
+    def bus_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        """One memory write TLP of ``size`` bytes: logged in :attr:`accesses`, then decoded."""
+        self.accesses.append(MmioAccess("write", bar, offset, size, value))
+        self.mmio_write(bar, offset, size, value)
 
     # -- to implement ---------------------------------------------------------------------
 
