@@ -14,6 +14,8 @@ import pytest
 from pyvfio.kvm import regs
 from pyvfio.kvm.regs import arm64, loongarch, riscv
 
+from kvmfixtures import *  # noqa: F401,F403  (fixtures)
+
 from archheaders import c_values, source_defines, source_tree, uapi_include
 
 pytestmark = pytest.mark.host

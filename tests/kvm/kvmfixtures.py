@@ -1,5 +1,8 @@
 """KVM fixtures: the real /dev/kvm (host or lab guest) and the mock KVM.
 
+Test modules take them with ``from kvmfixtures import *`` (a conftest.py here
+would shadow the suite's ``conftest`` module for ``from conftest import``).
+
 The host's /dev/kvm runs small real-mode guests, so the x86 tests there are
 real kernel tests; their result lines say ``real <host release> host-kvm``.
 In a lab guest /dev/kvm exists only when the guest CPU has SVM (nested KVM
@@ -16,8 +19,10 @@ import pytest
 from pyvfio.core import syscalls
 from pyvfio.lab import in_guest
 
+__all__ = ["leaks", "real_kvm", "alarm", "mock_kvm", "label", "kvm_usable"]
 
-def _kvm_usable() -> str:
+
+def kvm_usable() -> str:
     """'' when /dev/kvm can be opened, else why not."""
     from pyvfio.core.sysfs import host
     path = host().dev_path("kvm")
@@ -45,7 +50,7 @@ def leaks() -> Iterator[None]:
 @pytest.fixture
 def real_kvm(request, leaks):
     """A :class:`pyvfio.kvm.Kvm` on the real kernel's /dev/kvm (host or lab guest)."""
-    why = _kvm_usable()
+    why = kvm_usable()
     if why:
         pytest.skip(why)
     from pyvfio.kvm import Kvm
