@@ -18,8 +18,6 @@ from pyvfio.core.uapi import lib
 from pyvfio.kvm import regs
 from pyvfio.kvm.regs import arm64
 
-from kvmfixtures import *  # noqa: F401,F403  (fixtures)
-
 pytestmark = [pytest.mark.device,
               pytest.mark.skipif(os.uname().machine != "aarch64",
                                  reason="arm64 KVM: runs in the aarch64 lab guest")]

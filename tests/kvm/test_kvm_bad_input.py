@@ -16,8 +16,6 @@ from pyvfio.core.memory import DmaBuffer
 from pyvfio.kvm import regs
 from pyvfio.kvm.regs import arm64, loongarch, riscv, x86
 
-from kvmfixtures import *  # noqa: F401,F403  (fixtures)
-
 @pytest.fixture
 def vcpu(real_kvm):
     with real_kvm.create_vm() as vm:

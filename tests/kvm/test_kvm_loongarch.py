@@ -16,8 +16,6 @@ from pyvfio import errors
 from pyvfio.kvm import Kvm, regs
 from pyvfio.kvm.regs import loongarch
 
-from kvmfixtures import *  # noqa: F401,F403  (fixtures)
-
 pytestmark = pytest.mark.host
 
 CPUID = loongarch.csr("CPUID")

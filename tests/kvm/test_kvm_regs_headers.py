@@ -14,8 +14,6 @@ import pytest
 from pyvfio.kvm import regs
 from pyvfio.kvm.regs import arm64, loongarch, riscv
 
-from kvmfixtures import *  # noqa: F401,F403  (fixtures)
-
 from archheaders import c_values, source_defines, source_tree, uapi_include
 
 pytestmark = pytest.mark.host

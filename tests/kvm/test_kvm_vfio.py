@@ -16,8 +16,7 @@ from pyvfio.core.eventfd import EventFd
 from pyvfio.kvm import Kvm, VfioDevice
 from pyvfio.core.uapi import lib
 
-from kvmfixtures import *  # noqa: F401,F403  (fixtures)
-
+from kvm_support import _kvm_usable, label
 
 pytestmark = pytest.mark.device
 
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.device
 def kvm_for(request, vfio_edu):
     """A Kvm of the same kernel as ``vfio_edu``: real in a guest, the mock's on the host."""
     if vfio_edu.target.kind == "real":
-        why = kvm_usable()
+        why = _kvm_usable()
         if why:
             pytest.skip(why)
         with Kvm() as kvm:

@@ -12,8 +12,6 @@ from pyvfio.core.eventfd import EventFd
 from pyvfio.core.memory import DmaBuffer
 from pyvfio.lab import in_guest
 
-from kvmfixtures import *  # noqa: F401,F403  (fixtures)
-
 from guest16 import CODE, COUNTER, MEM_SIZE, MMIO, Asm, setup_real_mode
 
 pytestmark = pytest.mark.device

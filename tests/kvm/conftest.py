@@ -1,8 +1,5 @@
 """KVM fixtures: the real /dev/kvm (host or lab guest) and the mock KVM.
 
-Test modules take them with ``from kvmfixtures import *`` (a conftest.py here
-would shadow the suite's ``conftest`` module for ``from conftest import``).
-
 The host's /dev/kvm runs small real-mode guests, so the x86 tests there are
 real kernel tests; their result lines say ``real <host release> host-kvm``.
 In a lab guest /dev/kvm exists only when the guest CPU has SVM (nested KVM
@@ -19,22 +16,8 @@ import pytest
 from pyvfio.core import syscalls
 from pyvfio.lab import in_guest
 
-__all__ = ["leaks", "real_kvm", "alarm", "mock_kvm", "label", "kvm_usable"]
 
-
-def kvm_usable() -> str:
-    """'' when /dev/kvm can be opened, else why not."""
-    from pyvfio.core.sysfs import host
-    path = host().dev_path("kvm")
-    if in_guest() and not os.path.exists(path):
-        os.system("modprobe kvm_amd >/dev/null 2>&1; modprobe kvm_intel >/dev/null 2>&1")
-    if not os.path.exists(path):
-        where = "this lab guest" if in_guest() else "this host"
-        return (f"no {path} on {where} (a lab guest needs an SVM CPU for nested KVM: "
-                "`pyvfio lab run --cpu qemu64,+svm`)")
-    if not os.access(path, os.R_OK | os.W_OK):
-        return f"{path} is not accessible to this user"
-    return ""
+from kvm_support import _kvm_usable, label  # noqa: E402
 
 
 @pytest.fixture
@@ -50,7 +33,7 @@ def leaks() -> Iterator[None]:
 @pytest.fixture
 def real_kvm(request, leaks):
     """A :class:`pyvfio.kvm.Kvm` on the real kernel's /dev/kvm (host or lab guest)."""
-    why = kvm_usable()
+    why = _kvm_usable()
     if why:
         pytest.skip(why)
     from pyvfio.kvm import Kvm
@@ -70,13 +53,6 @@ def alarm():
     yield arm
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGALRM, old)
-
-
-def label(request, text: str) -> None:
-    """Say where the test ran in its result line (``-v``): ``[real ...]`` or ``[mock]``."""
-    props = request.node.user_properties
-    props[:] = [p for p in props if p[0] != "lab_target"]
-    props.append(("lab_target", text))
 
 
 @pytest.fixture
