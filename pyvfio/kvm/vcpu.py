@@ -28,8 +28,6 @@ _IO_OUT = lib.KVM_EXIT_IO_OUT
 _SIZE: Dict[int, int] = {}       # register id -> bytes, for ids seen before
 
 
-
-
 class Exit:
     """Why KVM_RUN returned: ``reason`` (``lib.KVM_EXIT_*``) and ``name`` ("IO", "MMIO" ...).
 
