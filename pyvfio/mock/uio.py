@@ -1,7 +1,7 @@
 """UIO in the mock kernel: ``uio_pci_generic`` and the project's ``uio_msi``.
 
-A function bound to a UIO driver (``MockKernel(..., uio={bdf: driver})``)
-gets ``/sys/class/uio/uioN`` (name, version, event, maps, the ``device``
+Family ``uio`` (configuration: ``uio={bdf: driver}``).  A function bound to
+a UIO driver gets ``/sys/class/uio/uioN`` (name, version, event, maps, the ``device``
 link), the node ``/dev/uioN`` and a ``config`` attribute whose reads and
 writes reach the model, as sysfs does.
 
@@ -25,16 +25,21 @@ No-IOMMU DMA goes to the mock's physical memory (``/proc/self/pagemap``).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import mmap as _mmap
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from pyvfio.core.uapi import ffi, lib
-from pyvfio.mock._util import PAGE_SIZE, copy_args, fail, user_range_ok
-from pyvfio.mock.edu import (PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, BarSpec, PciFunction)
+from pyvfio.mock.core.family import Family, MockFile, register
+from pyvfio.mock.core.uaccess import PAGE_SIZE, fail, user_range_ok
+from pyvfio.mock.pci import BarSpec, PciFunction
 
-__all__ = ["MockUio", "MsixModel", "UIO_DRIVERS", "register"]
+__all__ = ["Uio", "MsixModel", "MockUioDevice", "UIO_DRIVERS"]
+
+PCI_COMMAND = lib.PCI_COMMAND
+PCI_COMMAND_INTX_DISABLE = lib.PCI_COMMAND_INTX_DISABLE
 
 UIO_DRIVERS = ("uio_pci_generic", "uio_msi")
 MAX_VECTORS = 64
@@ -148,7 +153,7 @@ class _Shadow:
 class MockUioDevice:
     """One PCI function bound to a UIO driver: its node and the driver's state."""
 
-    def __init__(self, uio: "MockUio", model: PciFunction, driver: str, minor: int) -> None:
+    def __init__(self, uio: "Uio", model: PciFunction, driver: str, minor: int) -> None:
         self.uio = uio
         self.kernel = uio.kernel
         self.model = model
@@ -225,7 +230,7 @@ class MockUioDevice:
         while pos < length:
             phys = addr + pos
             n = min(PAGE_SIZE - phys % PAGE_SIZE, length - pos)
-            vaddr = self.kernel.physmem.virt(phys)
+            vaddr = self.kernel.process.physmem.virt(phys)
             if vaddr is None or not user_range_ok(vaddr, n, write=data is not None):
                 self.model._fault(phys, n, data is not None, "no memory at this physical address")
             elif data is None:
@@ -296,16 +301,14 @@ class MockUioDevice:
             os.close(self.triggers.pop(v))
 
 
-class UioFile:
+class UioFile(MockFile):
     """An open ``/dev/uioN``: a real eventfd carries its readiness for poll."""
 
     kind = "uio"
 
     def __init__(self, dev: MockUioDevice, path: str) -> None:
+        super().__init__(dev.kernel, path)
         self.dev = dev
-        self.kernel = dev.kernel
-        self.path = path
-        self.refs = 0
         self.efd = -1
         self.event_count = dev.event
         if dev.opens == 0:
@@ -323,17 +326,11 @@ class UioFile:
         if self.efd >= 0:
             os.write(self.efd, (1).to_bytes(8, "little"))
 
-    def get(self) -> "UioFile":
-        self.refs += 1
-        return self
-
-    def put(self) -> None:
-        self.refs -= 1
-        if self.refs == 0:
-            self.dev.files.remove(self)
-            self.dev.opens -= 1
-            if self.dev.opens == 0:
-                self.dev.last_close()
+    def release(self) -> None:
+        self.dev.files.remove(self)
+        self.dev.opens -= 1
+        if self.dev.opens == 0:
+            self.dev.last_close()
 
     def rw(self, offset: Optional[int], size: int, data: Optional[bytes]) -> Any:
         dev = self.dev
@@ -382,28 +379,14 @@ class UioFile:
         return _mmap.mmap(shadow.fd, length, flags=flags, prot=prot)
 
 
-class EventFile:
+class EventFile(MockFile):
     """``/sys/class/uio/uioN/event``: the interrupt count, live."""
 
     kind = "uio-event"
 
     def __init__(self, dev: MockUioDevice, path: str) -> None:
+        super().__init__(dev.kernel, path)
         self.dev = dev
-        self.path = path
-        self.refs = 0
-
-    def get(self) -> "EventFile":
-        self.refs += 1
-        return self
-
-    def put(self) -> None:
-        self.refs -= 1
-
-    def ioctl(self, cmd: int, addr: int) -> int:
-        raise fail(errno.ENOTTY)
-
-    def mmap(self, *a: Any) -> Any:
-        raise fail(errno.ENODEV)
 
     def rw(self, offset: Optional[int], size: int, data: Optional[bytes]) -> Any:
         if data is not None:
@@ -413,28 +396,14 @@ class EventFile:
         return text[pos:pos + size]
 
 
-class ConfigFile:
+class ConfigFile(MockFile):
     """``<device>/config`` of a UIO-bound function: reads and writes reach the model."""
 
     kind = "pci-config"
 
-    def __init__(self, model: PciFunction, path: str) -> None:
+    def __init__(self, kernel: Any, model: PciFunction, path: str) -> None:
+        super().__init__(kernel, path)
         self.model = model
-        self.path = path
-        self.refs = 0
-
-    def get(self) -> "ConfigFile":
-        self.refs += 1
-        return self
-
-    def put(self) -> None:
-        self.refs -= 1
-
-    def ioctl(self, cmd: int, addr: int) -> int:
-        raise fail(errno.ENOTTY)
-
-    def mmap(self, *a: Any) -> Any:
-        raise fail(errno.ENODEV)
 
     def rw(self, offset: Optional[int], size: int, data: Optional[bytes]) -> Any:
         m = self.model
@@ -455,18 +424,37 @@ class ConfigFile:
         return bytes(out) if data is None else size
 
 
-class MockUio:
-    """The UIO family of one mock kernel."""
+@register
+class Uio(Family):
+    """UIO: ``uio_pci_generic`` and ``uio_msi`` for the functions ``uio=`` names."""
 
-    def __init__(self, kernel: Any, bindings: Dict[str, str]) -> None:
-        self.kernel = kernel
+    name = "uio"
+    requires = ("process", "pci", "vfio")
+
+    @dataclasses.dataclass
+    class Config:
+        #: PCI address -> ``uio_pci_generic`` or ``uio_msi``: those functions are bound
+        #: to UIO instead of vfio-pci.
+        uio: Optional[Dict[str, str]] = None
+
+    def __init__(self, kernel: Any, config: "Uio.Config") -> None:
+        super().__init__(kernel, config)
         self.devices: List[MockUioDevice] = []
         #: Set by uio_msi's first open (TAINT_USER), as the real module does.
         self.tainted = False
+        bindings = {k.lower(): v for k, v in (config.uio or {}).items()}
+        vfio = kernel.vfio
         for minor, (bdf, driver) in enumerate(sorted(bindings.items())):
             if driver not in UIO_DRIVERS:
                 raise ValueError(f"unknown UIO driver {driver!r} (one of {UIO_DRIVERS})")
-            self.devices.append(MockUioDevice(self, kernel.model(bdf), driver, minor))
+            vdev = vfio.vfio_device(bdf)
+            if vdev is not None:            # a function has one driver: take it from vfio-pci
+                vfio.devices.remove(vdev)
+                vdev.group.devices.remove(vdev)
+            self.devices.append(MockUioDevice(self, kernel.pci.model(bdf), driver, minor))
+
+    def setup(self) -> None:
+        _build(self)
 
     def device(self, which: str) -> MockUioDevice:
         for d in self.devices:
@@ -480,9 +468,10 @@ class MockUio:
                 d.service()
 
     def irq_lines(self) -> List[str]:
+        """What /proc/interrupts would list for the requested uio_msi MSI-X vectors."""
         return [line for d in self.devices for line in d.irq_lines()]
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
         for d in self.devices:
             d.close()
 
@@ -500,11 +489,10 @@ def _relink(target: str, link: str) -> None:
     os.symlink(target, link)
 
 
-def register(kernel: Any, bindings: Dict[str, str]) -> MockUio:
-    """Bind the functions of ``bindings`` ({bdf: driver}) to UIO in ``kernel``:
-    sysfs entries, ``/dev/uioN`` and the ``config`` nodes."""
-    uio = MockUio(kernel, bindings)
-    sysfs = kernel.sysfs
+def _build(uio: Uio) -> None:
+    """sysfs entries, ``/dev/uioN`` and the ``config`` nodes of the UIO-bound functions."""
+    kernel = uio.kernel
+    sysfs = kernel.host.sysfs
     drivers = os.path.join(sysfs, "bus", "pci", "drivers")
     for name in UIO_DRIVERS:
         for attr in ("bind", "unbind", "new_id", "remove_id"):
@@ -512,6 +500,9 @@ def register(kernel: Any, bindings: Dict[str, str]) -> MockUio:
     for dev in uio.devices:
         m = dev.model
         ddir = os.path.realpath(os.path.join(sysfs, "bus", "pci", "devices", m.bdf))
+        for stale in (os.path.join(drivers, "vfio-pci", m.bdf),):
+            if os.path.islink(stale):
+                os.unlink(stale)
         _relink(os.path.join(drivers, dev.driver), os.path.join(ddir, "driver"))
         _relink(ddir, os.path.join(drivers, dev.driver, m.bdf))
         udir = os.path.join(ddir, "uio", dev.node)
@@ -532,10 +523,8 @@ def register(kernel: Any, bindings: Dict[str, str]) -> MockUio:
         _write(os.path.join(udir, "event"), "0\n")
         for base in (udir, os.path.join(sysfs, "class", "uio", dev.node)):
             kernel.add_node(os.path.join(base, "event"), (lambda d: lambda p: EventFile(d, p))(dev))
-        _write(os.path.join(kernel.devroot, dev.node), "")
-        kernel.add_node(os.path.join(kernel.devroot, dev.node),
-                        (lambda d: lambda p: UioFile(d, p))(dev))
-        kernel.add_node(os.path.join(ddir, "config"), (lambda mm: lambda p: ConfigFile(mm, p))(m))
-        kernel.add_node(os.path.join(sysfs, "bus", "pci", "devices", m.bdf, "config"),
-                        (lambda mm: lambda p: ConfigFile(mm, p))(m))
-    return uio
+        _write(kernel.host.dev_path(dev.node), "")
+        kernel.add_node(kernel.host.dev_path(dev.node), (lambda d: lambda p: UioFile(d, p))(dev))
+        for cfg in (os.path.join(ddir, "config"),
+                    os.path.join(sysfs, "bus", "pci", "devices", m.bdf, "config")):
+            kernel.add_node(cfg, (lambda mm: lambda p: ConfigFile(kernel, mm, p))(m))
