@@ -161,3 +161,14 @@ def test_port_region_reaches_the_same_register_as_the_map(uio_env, lab_target):
                 region.read(32, 4)
             with pytest.raises(errors.InvalidArgumentError):
                 region.read(2, 4)                             # misaligned
+
+
+def test_first_open_taints_the_kernel(uio_env, lab_target):
+    """uio_msi marks the kernel (TAINT_USER, 'U') when user space first takes a device."""
+    from pyvfio.uio.dma import TAINT_USER
+    with uio_env.bound("msix", "uio_msi") as bdf:
+        with uio.open_uio(bdf):
+            if lab_target.kind == "real":
+                assert uio.kernel_tainted() & TAINT_USER
+            else:
+                assert uio_env.mock.uio.tainted is True
