@@ -25,6 +25,7 @@ for _name in dir(lib):
 
 _IO, _MMIO, _INTR = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_INTR
 _IO_OUT = lib.KVM_EXIT_IO_OUT
+_SIZE: Dict[int, int] = {}       # register id -> bytes, for ids seen before
 
 
 class Exit:
@@ -37,17 +38,16 @@ class Exit:
     ``details``.
     """
 
-    __slots__ = ("reason", "name", "port", "size", "count", "direction", "address", "length",
-                 "is_write", "data", "details", "_vcpu")
+    # fields an exit kind does not set keep these class defaults (cheap to build)
+    port = size = count = address = length = None
+    direction: Optional[str] = None
+    is_write: Optional[bool] = None
+    data = b""
 
     def __init__(self, vcpu: "Vcpu", reason: int) -> None:
         self._vcpu = vcpu
         self.reason = reason
-        self.name = EXIT_NAMES.get(reason, f"exit {reason}")
-        self.port = self.size = self.count = self.address = self.length = None  # type: ignore
-        self.direction: Optional[str] = None
-        self.is_write: Optional[bool] = None
-        self.data = b""
+        self.name = EXIT_NAMES.get(reason) or f"exit {reason}"
         self.details: Dict[str, Any] = {}
 
     @property
@@ -111,11 +111,12 @@ class Vcpu(Handle):
         return self.fd
 
     def _check_open(self) -> None:
-        if self._closed and self.vm.closed:
-            raise errors.ClosedError(f"vCPU {self.id} (its VM was closed)", device=self.name,
-                                     remedy="create the VM and its vCPUs again; a vCPU lives "
-                                            "only as long as its VM object")
-        super()._check_open()
+        if self._closed:
+            if self.vm.closed:
+                raise errors.ClosedError(f"vCPU {self.id} (its VM was closed)", device=self.name,
+                                         remedy="create the VM and its vCPUs again; a vCPU lives "
+                                                "only as long as its VM object")
+            super()._check_open()
 
     def _release(self) -> None:
         if self._run is not None:
@@ -144,7 +145,8 @@ class Vcpu(Handle):
 
         A signal interrupts the run: the exit is then ``INTR``.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         try:
             syscalls.ioctl(self.fd, lib.KVM_RUN, None, device=self.name)
         except errors.PyvfioError as exc:
@@ -244,14 +246,16 @@ class Vcpu(Handle):
 
         ``into``: a writable buffer of exactly the id's size to fill instead.
         """
-        self._check_open()
-        size = _regs.size_of(reg_id)
+        if self._closed:
+            self._check_open()
+        size = _SIZE.get(reg_id) or _regs.size_of(reg_id)
         if into is not None and len(into) != size:
             raise errors.RegisterIdError(
                 f"register {_regs.describe(reg_id)} is {size} bytes, the buffer {len(into)}",
                 device=self.name, op="KVM_GET_ONE_REG",
                 remedy="give a buffer of the size the id encodes (pyvfio.kvm.regs.size_of)")
         self._one_reg(lib.KVM_GET_ONE_REG, reg_id)
+        _SIZE[reg_id] = size
         if into is not None:
             into[:] = ffi.buffer(self._regbuf, size)
             return bytes(into)
@@ -261,8 +265,9 @@ class Vcpu(Handle):
 
     def set_reg(self, reg_id: int, value: Union[int, bytes, bytearray, memoryview]) -> None:
         """KVM_SET_ONE_REG: ``value`` an int that fits the id's size, or exactly that many bytes."""
-        self._check_open()
-        size = _regs.size_of(reg_id)
+        if self._closed:
+            self._check_open()
+        size = _SIZE.get(reg_id) or _regs.size_of(reg_id)
         if isinstance(value, bool):
             raise errors.RegisterIdError(f"register value must be an int or bytes, not {value!r}",
                                          device=self.name, op="KVM_SET_ONE_REG")

@@ -62,6 +62,18 @@ def test_breakpoint_and_watchpoint_read_back(vcpu):
     assert {rid: vcpu.get_reg(rid) for rid in values} == values
 
 
+def test_wide_and_narrow_core_registers(vcpu):
+    """ONE_REG by the size the id encodes: V0 is 128-bit (bytes), FPSR 32-bit."""
+    v0 = bytes(range(16))
+    vcpu.set_reg(arm64.core("v0"), v0)
+    assert vcpu.get_reg(arm64.core("v0")) == v0
+    vcpu.set_reg(arm64.core("fpsr"), 0x08000000)            # QC
+    assert vcpu.get_reg(arm64.core("fpsr")) == 0x08000000
+    buf = bytearray(16)
+    vcpu.get_reg(arm64.core("v0"), into=buf)
+    assert bytes(buf) == v0
+
+
 def test_debug_register_past_the_implemented_count(vcpu):
     """The kernel's answer, wrapped: an encoding that names no register is ENOENT.
 

@@ -6,6 +6,8 @@ KVM under TCG), where the plugin labels them ``real <guest release>``.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pyvfio.core.eventfd import EventFd
@@ -14,7 +16,9 @@ from pyvfio.lab import in_guest
 
 from guest16 import CODE, COUNTER, MEM_SIZE, MMIO, Asm, setup_real_mode
 
-pytestmark = pytest.mark.device
+pytestmark = [pytest.mark.device,
+              pytest.mark.skipif(os.uname().machine != "x86_64",
+                                 reason="x86 real-mode guests need an x86 host")]
 
 #: seconds a single KVM_RUN may take before SIGALRM ends it (nested KVM under TCG is slow)
 RUN_LIMIT = 60.0 if in_guest() else 5.0
@@ -169,3 +173,17 @@ def test_irqfd_injection_seen_by_guest(machine, resample):
                 assert rfd.pending() == 1           # the guest's EOI lowered the line
         assert int.from_bytes(machine.mem.read(COUNTER, 2), "little") == N
         machine.vm.unregister_irqfd(efd, IRQ)
+
+
+def test_system_fd_answers(real_kvm, leaks):
+    assert real_kvm.get_api_version() == 12
+    assert real_kvm.check_extension("KVM_CAP_USER_MEMORY") == 1
+    assert real_kvm.check_extension("IRQFD") == 1
+    assert real_kvm.check_extension("IOEVENTFD") == 1
+    size = real_kvm.get_vcpu_mmap_size()
+    assert size % 4096 == 0 and size >= 4096
+    leaf0 = next(e for e in real_kvm.get_supported_cpuid() if e.function == 0)
+    vendor = b"".join(r.to_bytes(4, "little") for r in (leaf0.ebx, leaf0.edx, leaf0.ecx)).decode()
+    with open("/proc/cpuinfo") as f:
+        cpu_vendor = next(line.split(":")[1].strip() for line in f if line.startswith("vendor_id"))
+    assert vendor == cpu_vendor
