@@ -22,7 +22,7 @@ from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio.mock._util import DmaFault
 
-__all__ = ["BarSpec", "MmioAccess", "PciFunction", "EduModel", "parse_bdf"]
+__all__ = ["BarSpec", "BusAccess", "PciFunction", "EduModel", "parse_bdf"]
 
 # Config space offsets and bits (PCI Local Bus spec; the names follow pci_regs.h).
 PCI_VENDOR_ID = 0x00
@@ -85,7 +85,7 @@ def parse_bdf(bdf: str) -> Tuple[int, int, int, int]:
     return seg, bus, dev, fn
 
 
-class MmioAccess(NamedTuple):
+class BusAccess(NamedTuple):
     """One access a PCI function saw on its BARs."""
     op: str          # "read" or "write"
     bar: int
@@ -147,7 +147,7 @@ class PciFunction:
         self.host: Any = None           # the mock vfio-pci device, when bound
         self.faults: List[DmaFault] = []
         #: the memory accesses that reached the function over the bus, in order (the last 64 Ki)
-        self.accesses: Deque[MmioAccess] = collections.deque(maxlen=1 << 16)
+        self.accesses: Deque[BusAccess] = collections.deque(maxlen=1 << 16)
         self.msi_sent = 0               # MSIs the function sent
         self._init_header()
 
@@ -344,12 +344,12 @@ class PciFunction:
     def bus_read(self, bar: int, offset: int, size: int) -> int:
         """One memory read TLP of ``size`` bytes: logged in :attr:`accesses`, then decoded."""
         value = self.mmio_read(bar, offset, size)
-        self.accesses.append(MmioAccess("read", bar, offset, size, value))
+        self.accesses.append(BusAccess("read", bar, offset, size, value))
         return value
 
     def bus_write(self, bar: int, offset: int, size: int, value: int) -> None:
         """One memory write TLP of ``size`` bytes: logged in :attr:`accesses`, then decoded."""
-        self.accesses.append(MmioAccess("write", bar, offset, size, value))
+        self.accesses.append(BusAccess("write", bar, offset, size, value))
         self.mmio_write(bar, offset, size, value)
 
     # -- to implement ---------------------------------------------------------------------
