@@ -264,7 +264,7 @@ def test_the_cpython_accessors_are_built_and_used():
         _mmio.write32(w.addr + 8, 0x11223344)
         _mmio.write16_swap(w.addr + 12, 0x1234)
         _mmio.write64(w.addr + 16, 1 << 63)
-        assert m[8:24] == bytes.fromhex("44332211" "3412" "0000" "0000000000000080")
+        assert m[8:24] == bytes.fromhex("44332211" "1234" "0000" "0000000000000080")
         assert (_mmio.read32(w.addr + 8), _mmio.read32_swap(w.addr + 8)) == (0x11223344, 0x44332211)
         assert _mmio.read64(w.addr + 16) == 1 << 63 and _mmio.read8(w.addr + 11) == 0x11
         with pytest.raises(OverflowError):
