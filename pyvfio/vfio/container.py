@@ -271,15 +271,19 @@ class Container(IoAddressSpace):
             self.fd = None
         self._closed = True
 
+    def release_dma(self) -> None:
+        """Unmap everything and unregister sPAPR memory (needs the IOMMU: a group attached)."""
+        if self._mappings:
+            self.unmap_all()
+        for vaddr, size in list(self._registered.items()):
+            self.unregister_memory(vaddr, size)
+
     def close(self) -> None:
         """Unmap everything, unregister sPAPR memory, detach groups, close the container."""
         if self._closed:
             return
         try:
-            if self._mappings:
-                self.unmap_all()
-            for vaddr, size in list(self._registered.items()):
-                self.unregister_memory(vaddr, size)
+            self.release_dma()
         finally:
             for g in list(self.groups):
                 g.unset_container()
