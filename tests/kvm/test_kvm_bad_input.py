@@ -20,7 +20,10 @@ from pyvfio.kvm.regs import arm64, loongarch, riscv, x86
 @pytest.fixture
 def vcpu(real_kvm):
     with real_kvm.create_vm() as vm:
-        yield vm.create_vcpu(0)
+        v = vm.create_vcpu(0)
+        if os.uname().machine == "aarch64":
+            v.arm_vcpu_init()               # arm64 answers ONE_REG only after KVM_ARM_VCPU_INIT
+        yield v
 
 
 @pytest.mark.device
