@@ -41,6 +41,7 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
                "linux/virtio_blk.h", "linux/virtio_ids.h"),
     "kvm": ("linux/kvm.h", "asm/kvm.h"),
     "uio_msi": ("uio_msi.h",),
+    "pci": ("linux/pci_regs.h",),
 }
 
 # The system calls the syscall layer makes through the binding.

@@ -31,8 +31,7 @@ def kvm_for(request, vfio_edu):
         with Kvm() as kvm:
             yield kvm
         return
-    from pyvfio.mock import kvm as mock_kvm
-    mock_kvm.register(vfio_edu.mock)       # vfio_edu installed the mock as syscalls and host
+    vfio_edu.mock.kvm.enable()             # vfio_edu installed the mock as syscalls and host
     label(request, "mock")
     with Kvm() as kvm:
         yield kvm
