@@ -137,7 +137,7 @@ def test_every_onereg_size_round_trips(mock_kvm, monkeypatch):
     from pyvfio.core.uapi import ffi, lib
     from pyvfio.kvm import Kvm
     from pyvfio.mock import kvm as mock_kvm_mod
-    from pyvfio.mock._util import copy_from_user, read_user, write_user
+    from pyvfio.mock.core.uaccess import copy_from_user, read_user, write_user
     store = {}
 
     def ioctl(self, cmd, addr):
