@@ -61,6 +61,43 @@ static int pyvfio_ioctl(int fd, unsigned long request, void *arg)
 }
 """
 
+# x86 I/O ports: ioperm(2) opens a range to the calling thread, then in/out
+# instructions of 8, 16 or 32 bits reach it (UIO port regions).  Elsewhere
+# ioperm fails with ENOSYS and no access is made.
+PORTIO_CDEF = """
+int pyvfio_ioperm(unsigned long from, unsigned long num, int turn_on);
+uint8_t pyvfio_inb(unsigned short port);
+uint16_t pyvfio_inw(unsigned short port);
+uint32_t pyvfio_inl(unsigned short port);
+void pyvfio_outb(unsigned short port, uint8_t value);
+void pyvfio_outw(unsigned short port, uint16_t value);
+void pyvfio_outl(unsigned short port, uint32_t value);
+"""
+PORTIO_SOURCE = r"""
+#include <errno.h>
+#include <stdint.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <sys/io.h>
+static int pyvfio_ioperm(unsigned long from, unsigned long num, int on)
+{ return ioperm(from, num, on); }
+static uint8_t pyvfio_inb(unsigned short port) { return inb(port); }
+static uint16_t pyvfio_inw(unsigned short port) { return inw(port); }
+static uint32_t pyvfio_inl(unsigned short port) { return inl(port); }
+static void pyvfio_outb(unsigned short port, uint8_t v) { outb(v, port); }
+static void pyvfio_outw(unsigned short port, uint16_t v) { outw(v, port); }
+static void pyvfio_outl(unsigned short port, uint32_t v) { outl(v, port); }
+#else
+static int pyvfio_ioperm(unsigned long from, unsigned long num, int on)
+{ (void)from; (void)num; (void)on; errno = ENOSYS; return -1; }
+static uint8_t pyvfio_inb(unsigned short port) { (void)port; return 0xff; }
+static uint16_t pyvfio_inw(unsigned short port) { (void)port; return 0xffff; }
+static uint32_t pyvfio_inl(unsigned short port) { (void)port; return 0xffffffff; }
+static void pyvfio_outb(unsigned short port, uint8_t v) { (void)port; (void)v; }
+static void pyvfio_outw(unsigned short port, uint16_t v) { (void)port; (void)v; }
+static void pyvfio_outl(unsigned short port, uint32_t v) { (void)port; (void)v; }
+#endif
+"""
+
 # Memory-mapped I/O: the accessors and barriers of mmio_access.h (one volatile
 # load or store of each width, bulk copies of a stated width, barriers per
 # architecture).  The same header is compiled into pyvfio.core._mmio.
@@ -561,7 +598,7 @@ def build_cdef() -> Tuple[str, str, dict]:
         "family_of": {**{m: info.headers[h] for m, (_, h) in info.defines.items()},
                       **{k: f for k, f in w.struct_family.items()}},
     }
-    cdef = "\n".join(parts) + "\n" + LIBC_CDEF + MMIO_CDEF
+    cdef = "\n".join(parts) + "\n" + LIBC_CDEF + MMIO_CDEF + PORTIO_CDEF
     return cdef, includes + "\n".join(w.synthetic_source) + "\n", meta
 
 
@@ -581,7 +618,8 @@ def make_builder():
     meta_cdef, meta_src = _meta_source(meta)
     ffibuilder = FFI()
     ffibuilder.cdef(cdef + meta_cdef)
-    ffibuilder.set_source("pyvfio.core._uapi", includes + LIBC_SOURCE + mmio_source() + meta_src,
+    ffibuilder.set_source("pyvfio.core._uapi",
+                          includes + LIBC_SOURCE + mmio_source() + PORTIO_SOURCE + meta_src,
                           include_dirs=[PROJECT_HEADERS],
                           extra_compile_args=["-w"])
     return ffibuilder
