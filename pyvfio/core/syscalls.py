@@ -17,6 +17,7 @@ import contextlib
 import mmap as _mmap
 import os
 import select
+import socket as _socket
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -25,7 +26,7 @@ from pyvfio import errors
 __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
-    "open_fds", "live_mappings", "ioctl_name",
+    "open_fds", "live_mappings", "ioctl_name", "socket",
 ]
 
 
@@ -82,6 +83,17 @@ class Kernel:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
         return fd
+
+    def socket(self, family: int, type_: int, proto: int,
+               options: Sequence[Tuple[int, int, int]] = ()) -> int:
+        s = _socket.socket(family, type_ | _socket.SOCK_CLOEXEC, proto)
+        try:
+            for level, name, value in options:
+                s.setsockopt(level, name, value)
+        except BaseException:
+            s.close()
+            raise
+        return s.detach()
 
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         p = select.poll()
@@ -309,6 +321,22 @@ def eventfd(initval: int = 0, flags: int = 0, *, what: str = "eventfd") -> int:
         fd = backend().eventfd(initval, flags)
     except OSError as exc:
         raise _fail(exc, "eventfd", None, None) from None
+    with _lock:
+        _fds[fd] = what
+    return fd
+
+
+def socket(family: int, type_: int, proto: int = 0, *,
+           options: Sequence[Tuple[int, int, int]] = (), what: str = "socket") -> int:
+    """socket(2) plus setsockopt(2) of ``(level, name, value)`` options; closed with :func:`close`.
+
+    Data goes through :func:`read` and :func:`write` (a netlink socket sends
+    to the kernel and receives its answers that way).
+    """
+    try:
+        fd = backend().socket(family, type_, proto, options)
+    except OSError as exc:
+        raise _fail(exc, "socket", what, None) from None
     with _lock:
         _fds[fd] = what
     return fd
