@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.sysfs import host
 from pyvfio.core.space import DmaMapping, IoAddressSpace
 from pyvfio.core.uapi import ffi, lib
 
@@ -26,8 +27,8 @@ _U64_MAX = (1 << 64) - 1
 class IommuFd:
     """An open ``/dev/iommu``: the container of IOAS and device objects."""
 
-    def __init__(self, path: Optional[str] = None, *, devroot: str = "/dev") -> None:
-        self.path = path or os.path.join(devroot, "iommu")
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = path or host().dev_path("iommu")
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
         self.ioas_list: List["Ioas"] = []
 
@@ -136,9 +137,10 @@ class Ioas(IoAddressSpace):
                       length=size, iova=iova)
         syscalls.ioctl(self.fd, lib.IOMMU_IOAS_MAP, p, dma=True)
 
-    def _unmap(self, iova: int, size: int) -> None:
+    def _unmap(self, iova: int, size: int) -> int:
         p = argsz.new("struct iommu_ioas_unmap", ioas_id=self.id, iova=iova, length=size)
         syscalls.ioctl(self.fd, lib.IOMMU_IOAS_UNMAP, p)
+        return int(p.length)            # the kernel writes back the bytes it unmapped
 
     def _unmap_everything(self) -> None:
         self._unmap(0, _U64_MAX)

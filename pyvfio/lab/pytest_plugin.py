@@ -343,7 +343,7 @@ def _run_guest(session: pytest.Session, config: GuestConfig,
             outcome.release, outcome.notes = image.kernel.release, image.notes
             models = qemu_device_models(find_qemu())
             devices = tuple(d for d in session.config.getini("lab_devices")
-                            if d != "igb" or d in models)
+                            if d.split(",")[0] != "igb" or "igb" in models)
             options = LabOptions(kernel=config.flavour, iommu=config.iommu, devices=devices,
                                  timeout=session.config.getoption("--lab-timeout"),
                                  cwd=session.config.invocation_params.dir, fetch=(_JUNIT,))

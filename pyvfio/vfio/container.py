@@ -20,6 +20,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.sysfs import host
 from pyvfio.core.space import IoAddressSpace
 from pyvfio.core.uapi import lib
 
@@ -58,9 +59,9 @@ class SpaprInfo(NamedTuple):
 class Container(IoAddressSpace):
     """A VFIO container: groups share it, and with it one I/O address space."""
 
-    def __init__(self, *, devroot: str = "/dev") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.path = os.path.join(devroot, "vfio", "vfio")
+        self.path = host().dev_path("vfio", "vfio")
         self.name = self.path
         self.fd = syscalls.open(self.path, os.O_RDWR)
         self.groups: list = []
@@ -251,9 +252,10 @@ class Container(IoAddressSpace):
     def _is_registered(self, vaddr: int, size: int) -> bool:
         return any(v <= vaddr and vaddr + size <= v + s for v, s in self._registered.items())
 
-    def _unmap(self, iova: int, size: int) -> None:
+    def _unmap(self, iova: int, size: int) -> int:
         p = argsz.new("struct vfio_iommu_type1_dma_unmap", iova=iova, size=size)
         syscalls.ioctl(self.fd, lib.VFIO_IOMMU_UNMAP_DMA, p)
+        return int(p.size)              # the kernel writes back the bytes it unmapped
 
     def _unmap_everything(self) -> None:
         if self.iommu_name in ("type1", "type1v2") and self.check_extension(lib.VFIO_UNMAP_ALL):
