@@ -25,7 +25,7 @@ from pyvfio import errors
 __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
-    "open_fds", "live_mappings", "ioctl_name",
+    "open_fds", "live_mappings", "ioctl_name", "stat",
 ]
 
 
@@ -82,6 +82,9 @@ class Kernel:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
         return fd
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
 
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         p = select.poll()
@@ -321,3 +324,13 @@ def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple
         return backend().poll(fds, ms)
     except OSError as exc:
         raise _fail(exc, "poll", None, None) from None
+
+
+def stat(path: str) -> os.stat_result:
+    """stat(2) a path (owner and mode of a device node, for messages)."""
+    b = backend()
+    fn = getattr(b, "stat", None) or os.stat
+    try:
+        return fn(path)
+    except OSError as exc:
+        raise _fail(exc, "stat", path, None) from None
