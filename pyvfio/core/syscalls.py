@@ -25,7 +25,7 @@ from pyvfio import errors
 __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
-    "open_fds", "live_mappings", "ioctl_name", "stat",
+    "open_fds", "live_mappings", "ioctl_name", "stat", "mkdir", "rmdir", "symlink", "unlink",
 ]
 
 
@@ -334,3 +334,32 @@ def stat(path: str) -> os.stat_result:
         return fn(path)
     except OSError as exc:
         raise _fail(exc, "stat", path, None) from None
+
+
+def _path_call(name: str, op: str, *args: Any) -> None:
+    b = backend()
+    fn = getattr(b, name, None) or getattr(os, name)
+    try:
+        fn(*args)
+    except OSError as exc:
+        raise _fail(exc, op, str(args[-1] if name == "symlink" else args[0]), None) from None
+
+
+def mkdir(path: str, mode: int = 0o755) -> None:
+    """mkdir(2) (configfs objects are made by mkdir)."""
+    _path_call("mkdir", "mkdir", path, mode)
+
+
+def rmdir(path: str) -> None:
+    """rmdir(2)."""
+    _path_call("rmdir", "rmdir", path)
+
+
+def symlink(target: str, path: str) -> None:
+    """symlink(2): ``path`` points at ``target`` (configfs links objects so)."""
+    _path_call("symlink", "symlink", target, path)
+
+
+def unlink(path: str) -> None:
+    """unlink(2)."""
+    _path_call("unlink", "unlink", path)

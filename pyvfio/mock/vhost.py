@@ -79,6 +79,8 @@ class VhostFile:
     kind = "vhost"
     nvqs = 2
     features_offered = _COMMON_FEATURES
+    #: Whether the node handles the worker ioctls (vhost_worker_ioctl: vhost-scsi only in 6.12).
+    worker_ioctls = False
 
     def __init__(self, kernel: Any, path: str) -> None:
         self.kernel = kernel
@@ -207,6 +209,9 @@ class VhostFile:
                 self.log_ctx.put()
             self.log_ctx = ctx
             return 0
+        if cmd in (lib.VHOST_NEW_WORKER, lib.VHOST_FREE_WORKER, lib.VHOST_ATTACH_VRING_WORKER,
+                   lib.VHOST_GET_VRING_WORKER) and not self.worker_ioctls:
+            raise fail(errno.ENOTTY)
         if cmd == lib.VHOST_NEW_WORKER:
             w = ffi.new("struct vhost_worker_state *", {"worker_id": self.next_worker})
             self.workers.add(self.next_worker)
@@ -531,6 +536,7 @@ class VhostScsiFile(VhostFile):
     kind = "vhost-scsi"
     nvqs = 130
     features_offered = SCSI_FEATURES
+    worker_ioctls = True
 
     def device_ioctl(self, cmd: int, addr: int) -> Optional[int]:
         if cmd == lib.VHOST_SCSI_GET_ABI_VERSION:

@@ -299,10 +299,13 @@ class VhostBackend(Handle):
         return self._vring_state(lib.VHOST_GET_VRING_BUSYLOOP_TIMEOUT, index, out=True)
 
     # -- workers --------------------------------------------------------------------------
+    _WORKER_REMEDY = ("this vhost node runs all its vrings on one worker; in 6.12 only "
+                      "vhost-scsi takes VHOST_NEW_WORKER and the other worker ioctls")
+
     def new_worker(self) -> int:
         """VHOST_NEW_WORKER: another worker thread; returns its id."""
         w = ffi.new("struct vhost_worker_state *")
-        self._ioctl(lib.VHOST_NEW_WORKER, w)
+        self._ioctl(lib.VHOST_NEW_WORKER, w, remedy=self._WORKER_REMEDY)
         return int(w.worker_id)
 
     def free_worker(self, worker_id: int) -> None:
@@ -315,13 +318,14 @@ class VhostBackend(Handle):
         """VHOST_ATTACH_VRING_WORKER: vring ``index`` runs on worker ``worker_id``."""
         self._check_index(index)
         self._ioctl(lib.VHOST_ATTACH_VRING_WORKER, ffi.new(
-            "struct vhost_vring_worker *", {"index": index, "worker_id": worker_id}))
+            "struct vhost_vring_worker *", {"index": index, "worker_id": worker_id}),
+            remedy=self._WORKER_REMEDY)
 
     def get_vring_worker(self, index: int) -> int:
         """VHOST_GET_VRING_WORKER: the worker vring ``index`` runs on."""
         self._check_index(index)
         w = ffi.new("struct vhost_vring_worker *", {"index": index})
-        self._ioctl(lib.VHOST_GET_VRING_WORKER, w)
+        self._ioctl(lib.VHOST_GET_VRING_WORKER, w, remedy=self._WORKER_REMEDY)
         return int(w.worker_id)
 
     # -- dirty log ----------------------------------------------------------------------------

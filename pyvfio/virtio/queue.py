@@ -523,6 +523,9 @@ class PackedQueue(Virtqueue):
         if self.indirect:
             self._itable = m.alloc(n * self.max_indirect * 16, 16)
             self._ind = ffi.cast("struct vring_packed_desc *", self._itable.vaddr)
+        if self.event_idx:              # interrupts enabled from the start, at the first used buffer
+            self._drv.off_wrap = 1 << lib.VRING_PACKED_EVENT_F_WRAP_CTR
+            self._drv.flags = lib.VRING_PACKED_EVENT_FLAG_DESC
 
     def _flags(self, wrap: int) -> int:
         return (wrap << lib.VRING_PACKED_DESC_F_AVAIL) | ((wrap ^ 1) << lib.VRING_PACKED_DESC_F_USED)
