@@ -89,7 +89,7 @@ class VhostFile:
         self.owner = False
         self.features = 0
         self.backend_features = 0
-        self.mem: List[Tuple[int, int, int]] = []     # (gpa, size, uaddr)
+        self.mem: Optional[List[Tuple[int, int, int]]] = None   # (gpa, size, uaddr); None: no umem
         self.vqs = [Vring(i) for i in range(self.nvqs)]
         self.workers = {0}
         self.next_worker = 1
@@ -146,7 +146,7 @@ class VhostFile:
     # -- address translation (the worker's view) --------------------------------------------
     def translate(self, addr: int, size: int, write: bool) -> int:
         table = ([(i, s, u) for i, s, u, _ in self.iotlb] if self.iotlb is not None
-                 else self.mem)
+                 else self.mem or [])
         for base, length, uaddr in table:
             if base <= addr and addr + size <= base + length:
                 return uaddr + addr - base
@@ -192,7 +192,7 @@ class VhostFile:
             raise fail(errno.EPERM)
         if cmd == lib.VHOST_RESET_OWNER:
             self.owner = False
-            self.mem = []
+            self.mem = None
             for vq in self.vqs:
                 vq.drop()
             self.vqs = [Vring(i) for i in range(self.nvqs)]
@@ -345,6 +345,11 @@ class VhostFile:
         return (user_range_ok(d, 16 * n) and user_range_ok(a, 6 + 2 * n)
                 and user_range_ok(u, 6 + 8 * n, write=True))
 
+    def vq_access_ok(self, vq: Vring) -> bool:
+        """vhost_vq_access_ok: false without a memory table (vq_memory_access_ok sees no umem);
+        the ring addresses themselves are only range-checked (access_ok)."""
+        return self.mem is not None or self.iotlb is not None
+
     def start_vring(self, vq: Vring) -> None:
         """vhost_vq_init_access: EFAULT when the worker cannot reach the rings."""
         if not self._rings_ok(vq, vq.desc, vq.avail, vq.used):
@@ -444,6 +449,8 @@ class VhostNetFile(VhostFile):
         if not self.owner:
             raise fail(errno.EPERM)
         vq = self.vqs[f.index]
+        if not self.vq_access_ok(vq):
+            raise fail(errno.EFAULT)
         if f.fd == -1:
             vq.backend = None
             return 0
@@ -524,6 +531,9 @@ class VhostVsockFile(VhostFile):
             on = ffi.cast("int *", addr)[0]
             if on:
                 for vq in self.vqs:
+                    if not self.vq_access_ok(vq):
+                        raise fail(errno.EFAULT)
+                for vq in self.vqs:
                     self.start_vring(vq)
             self.running = bool(on)
             return 0
@@ -547,11 +557,13 @@ class VhostScsiFile(VhostFile):
             return 0
         if cmd in (lib.VHOST_SCSI_SET_ENDPOINT, lib.VHOST_SCSI_CLEAR_ENDPOINT):
             t = copy_from_user(addr, "struct vhost_scsi_target")
-            if not self.owner:
-                raise fail(errno.EPERM)
+            if t.reserved:
+                raise fail(errno.EOPNOTSUPP)
+            if not all(self.vq_access_ok(vq) for vq in self.vqs):
+                raise fail(errno.EFAULT)
             if cmd == lib.VHOST_SCSI_SET_ENDPOINT:
-                raise fail(errno.ENODEV)     # no vhost TPG with that WWPN
-            return 0 if t is not None else 0
+                raise fail(errno.ENODEV)     # the mock has no LIO: no TPG matches
+            return 0
         return None
 
 
