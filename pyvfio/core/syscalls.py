@@ -30,7 +30,8 @@ __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
     "open_fds", "live_mappings", "ioctl_name", "memfd_create", "ftruncate", "mlock",
-    "read_file", "write_file", "modprobe", "socket",
+    "read_file", "write_file", "modprobe", "stat", "mkdir", "rmdir", "symlink", "unlink",
+    "socket",
 ]
 
 
@@ -98,6 +99,9 @@ class Kernel:
             s.close()
             raise
         return s.detach()
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
 
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         p = select.poll()
@@ -381,6 +385,45 @@ def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple
         return backend().poll(fds, ms)
     except OSError as exc:
         raise _fail(exc, "poll", None, None) from None
+
+
+def stat(path: str) -> os.stat_result:
+    """stat(2) a path (owner and mode of a device node, for messages)."""
+    b = backend()
+    fn = getattr(b, "stat", None) or os.stat
+    try:
+        return fn(path)
+    except OSError as exc:
+        raise _fail(exc, "stat", path, None) from None
+
+
+def _path_call(name: str, op: str, *args: Any) -> None:
+    b = backend()
+    fn = getattr(b, name, None) or getattr(os, name)
+    try:
+        fn(*args)
+    except OSError as exc:
+        raise _fail(exc, op, str(args[-1] if name == "symlink" else args[0]), None) from None
+
+
+def mkdir(path: str, mode: int = 0o755) -> None:
+    """mkdir(2) (configfs objects are made by mkdir)."""
+    _path_call("mkdir", "mkdir", path, mode)
+
+
+def rmdir(path: str) -> None:
+    """rmdir(2)."""
+    _path_call("rmdir", "rmdir", path)
+
+
+def symlink(target: str, path: str) -> None:
+    """symlink(2): ``path`` points at ``target`` (configfs links objects so)."""
+    _path_call("symlink", "symlink", target, path)
+
+
+def unlink(path: str) -> None:
+    """unlink(2)."""
+    _path_call("unlink", "unlink", path)
 
 
 def memfd_create(name: str, flags: int = 0) -> int:

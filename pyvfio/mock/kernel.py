@@ -694,6 +694,17 @@ class MockKernel:
             self._nodes[self._dev("iommu")] = lambda p: IommuFile(self, p)
         for p in ("/proc/self/pagemap", f"/proc/{os.getpid()}/pagemap"):
             self._nodes[p] = lambda p: PagemapFile(self, p)
+        self._services: List[Callable[[], None]] = []
+        from pyvfio.mock import vhost as _vhost     # families register their nodes
+        _vhost.register(self)
+
+    def register_node(self, parts: Sequence[str], factory: Callable[[str], Any]) -> None:
+        """Serve ``<devroot>/<parts...>`` with files made by ``factory(path)``."""
+        self._nodes[self._dev(*parts)] = factory
+
+    def add_service(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` whenever the process enters the mock (the mock's worker threads)."""
+        self._services.append(fn)
 
     def _dev(self, *parts: str) -> str:
         return os.path.join(self.devroot, *parts)
@@ -878,6 +889,8 @@ class MockKernel:
         for dev in self.devices:
             if dev.open_count:
                 dev.service()
+        for fn in self._services:
+            fn()
 
     # -- the backend interface of pyvfio.core.syscalls ----------------------------------------------------
 
