@@ -293,7 +293,11 @@ class VhostVdpa(VhostBackend):
         super()._release()
 
     def close(self) -> None:
-        """Release the memory, unmap every IOVA, close the node (the kernel resets the device)."""
+        """Close the queues set up on the device and the memory it handed out, unmap every
+        IOVA, close the node (the kernel resets the device)."""
+        for q in list(self.queues.values()):
+            q.close()
+        self.queues.clear()
         for mem in self._memories:
             mem.close()
         self._memories.clear()
@@ -534,7 +538,7 @@ class VhostVdpa(VhostBackend):
                 device=self.name,
                 remedy="negotiate(features) first; program every vring before driver_ok()")
 
-    def memory(self, asid: int = 0) -> IotlbMemory:
+    def iotlb_memory(self, asid: int = 0) -> IotlbMemory:
         """Memory for queues and buffers, mapped at IOVAs of address space ``asid``."""
         mem = IotlbMemory(self.space(asid))
         self._memories.append(mem)
@@ -561,7 +565,7 @@ class VhostVdpa(VhostBackend):
         """Give vring ``index`` the queue: num, base, IOVAs of its rings, kick, call, enable.
 
         Allowed after FEATURES_OK and before DRIVER_OK; the queue's memory must
-        be an :meth:`memory` of the address space its group uses.
+        be an :meth:`iotlb_memory` of the address space its group uses.
         """
         self._check_index(index)
         queue._check_open()
@@ -578,7 +582,7 @@ class VhostVdpa(VhostBackend):
         if not isinstance(queue.memory, IotlbMemory) or queue.memory.space.device is not self:
             raise errors.InvalidArgumentError(
                 "ring addresses are IOVAs: the queue's memory is not mapped in this device",
-                device=self.name, remedy="create the queue on device.memory(asid)")
+                device=self.name, remedy="create the queue on device.iotlb_memory(asid)")
         limit = self.get_vring_num()
         if queue.size > limit:
             raise errors.InvalidArgumentError(

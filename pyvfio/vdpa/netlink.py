@@ -207,7 +207,7 @@ class VdpaDev:
         """The fields of ``vdpa -j dev show`` for this device."""
         out: Dict[str, Any] = {"type": _TYPE_NAMES.get(self.device_id, "<unknown type>"),
                                "mgmtdev": self.mgmtdev}
-        for key in ("vendor_id", "max_vqs", "max_vq_size", "min_vq_size"):
+        for key in ("vendor_id", "max_vqs", "max_vq_size"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
