@@ -96,6 +96,7 @@ class VhostFile:
         self.log_base = 0
         self.log_ctx: Optional[EventFd] = None
         self.iotlb: Optional[List[Tuple[int, int, int, int]]] = None
+        self.misses: List[Tuple[int, int]] = []       # IOTLB MISS messages not yet read
 
     # -- MockFile protocol ------------------------------------------------------------------
     def get(self) -> "VhostFile":
@@ -122,7 +123,15 @@ class VhostFile:
     def rw(self, offset: Optional[int], size: int, data: Optional[bytes]) -> Any:
         """IOTLB messages: write = vhost_chr_write_iter, read = a pending MISS (none here)."""
         if data is None:
-            raise fail(errno.EAGAIN)
+            if not self.misses:
+                raise fail(errno.EAGAIN)
+            iova, perm = self.misses.pop(0)
+            m = ffi.new("struct vhost_msg_v2 *")
+            m.type = lib.VHOST_IOTLB_MSG_V2
+            m.iotlb.iova = iova
+            m.iotlb.perm = perm
+            m.iotlb.type = lib.VHOST_IOTLB_MISS
+            return bytes(ffi.buffer(m))[:size]
         if self.iotlb is None:
             raise fail(errno.EFAULT)
         m = ffi.new("struct vhost_msg_v2 *")
@@ -150,7 +159,31 @@ class VhostFile:
         for base, length, uaddr in table:
             if base <= addr and addr + size <= base + length:
                 return uaddr + addr - base
+        if self.iotlb is not None:              # vhost_iotlb_miss: ask the owner
+            miss = (addr, lib.VHOST_ACCESS_WO if write else lib.VHOST_ACCESS_RO)
+            if miss not in self.misses:
+                self.misses.append(miss)
         raise fail(errno.EFAULT)
+
+    # -- dirty log ------------------------------------------------------------------------
+    @property
+    def logging(self) -> bool:
+        return bool(self.features >> lib.VHOST_F_LOG_ALL & 1) and bool(self.log_base)
+
+    def log_write(self, gpa: int, length: int) -> None:
+        """log_write: set the bits of the guest pages [gpa, gpa+length) in the bitmap."""
+        if length <= 0:
+            return
+        page = lib.VHOST_PAGE_SIZE
+        for pfn in range(gpa // page, (gpa + length - 1) // page + 1):
+            p = ffi.cast("uint8_t *", self.log_base + pfn // 8)
+            p[0] |= 1 << (pfn % 8)
+
+    def log_used(self, vq: Vring, offset: int, length: int) -> None:
+        if self.logging and vq.flags & (1 << lib.VHOST_VRING_F_LOG):
+            self.log_write(vq.log + offset, length)
+            if self.log_ctx is not None:
+                self.log_ctx.signal(1)
 
     def ring_addr(self, addr: int, size: int) -> int:
         return self.translate(addr, size, True) if self.iotlb is not None else addr
@@ -164,6 +197,8 @@ class VhostFile:
             f = copy_from_user(addr, _U64)[0]
             if f & ~self.features_offered:
                 raise fail(errno.EOPNOTSUPP)
+            if f >> lib.VHOST_F_LOG_ALL & 1 and self.mem is None:
+                raise fail(errno.EFAULT)         # vhost_log_access_ok: no memory table
             if f >> lib.VIRTIO_F_ACCESS_PLATFORM & 1:
                 if self.iotlb is None:
                     self.iotlb = []
@@ -470,7 +505,7 @@ class VhostNetFile(VhostFile):
         if tx.backend is not None and tx.device is not None:
             moved = 0
             while True:
-                chain = tx.device.pop()
+                chain = self._pop(tx)
                 if chain is None:
                     break
                 frame = chain.read_all()[hlen:]
@@ -484,7 +519,7 @@ class VhostNetFile(VhostFile):
             tun = rx.backend
             filled = 0
             while tun.to_guest:
-                chain = rx.device.pop()
+                chain = self._pop(rx)
                 if chain is None:
                     break
                 frame = tun.to_guest.popleft()
@@ -492,10 +527,25 @@ class VhostNetFile(VhostFile):
                 if len(data) > chain.writable_len:
                     data = data[:chain.writable_len]
                 n = chain.write_all(data)
+                if self.logging:
+                    left = n
+                    for a, length in chain.written_at:
+                        self.log_write(a, min(length, left))
+                        left -= min(length, left)
+                idx = rx.device.used_idx % rx.num
                 rx.device.push(chain.id, n)
+                self.log_used(rx, 4 + 8 * idx, 8)
                 filled += 1
+            if filled:
+                self.log_used(rx, 2, 2)
             if filled and rx.device.flush() and rx.call is not None:
                 rx.call.signal(1)
+
+    def _pop(self, vq: Vring):
+        try:
+            return vq.device.pop()
+        except OSError:
+            return None              # a fault (an IOTLB miss is queued): retried on the next run
 
     def _hdr_len(self) -> int:
         if self.features & ((1 << lib.VIRTIO_NET_F_MRG_RXBUF) | (1 << lib.VIRTIO_F_VERSION_1)):
