@@ -22,9 +22,8 @@ written to the mock TAP's fd enter RX the same way.
 from __future__ import annotations
 
 import errno
-import os
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, List, Optional, Tuple
 
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.mock._util import (EventFd, copy_from_user, copy_to_user, fail, read_user,

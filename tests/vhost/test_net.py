@@ -8,7 +8,6 @@ the mock, vhost-net loops TX back into RX.
 from __future__ import annotations
 
 import errno
-import os
 import random
 import socket
 import struct
