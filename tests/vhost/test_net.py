@@ -335,3 +335,18 @@ def test_iotlb_miss_update_invalidate(vhost_env):
             for q in (rxq, txq):
                 q.close()
             mem.close()
+
+
+def test_iotlb_and_offload_need_negotiation(vhost_env):
+    with VhostNet() as v:
+        with pytest.raises(errors.NotReadyError) as ei:
+            v.iotlb_update(0x1000, 0x1000, 0x7000)
+        assert "VHOST_BACKEND_F_IOTLB_MSG_V2" in ei.value.remedy
+        with pytest.raises(errors.InvalidArgumentError):
+            v.set_backend_features(1 << lib.VHOST_BACKEND_F_IOTLB_BATCH)   # not offered by vhost-net
+    with _tap(vhost_env) as tap:
+        with pytest.raises(errors.InvalidArgumentError) as ei:
+            tap.set_offload(["csum", "warp"])
+        assert "warp" in str(ei.value)
+        tap.set_offload(["csum", "tso4", "tso6"])
+        tap.set_offload([])
