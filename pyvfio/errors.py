@@ -16,8 +16,8 @@ __all__ = [
     "PyvfioError", "NotFoundError", "PermissionDeniedError", "NotSupportedError",
     "BusyError", "MemlockError", "InvalidArgumentError", "ClosedError",
     "OutOfBoundsError", "NotViableError", "IovaError", "ModuleMissingError",
-    "NotBoundError", "TimedOutError", "ExistsError", "QueueFullError", "NotReadyError",
-    "VdpaStatusError", "from_errno",
+    "NotBoundError", "TimedOutError", "ExistsError", "RegisterIdError", "QueueFullError",
+    "NotReadyError", "VdpaStatusError", "from_errno",
 ]
 
 
@@ -138,6 +138,11 @@ class ModuleMissingError(NotFoundError):
 
 class NotBoundError(PyvfioError):
     """The device is not bound to the driver the operation needs."""
+
+
+class RegisterIdError(InvalidArgumentError):
+    """A KVM ONE_REG register id or name that does not fit: unknown name, wrong size."""
+    default_remedy = "build register ids with pyvfio.kvm.regs and size values by the id"
 
 
 class TimedOutError(PyvfioError, TimeoutError):

@@ -114,6 +114,10 @@ def _guest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
                         help="add an argument to the QEMU command line (values may start "
                              "with '-': --qemu-arg -device --qemu-arg virtio-rng-pci)")
+    parser.add_argument("--cpu", metavar="MODEL",
+                        help="the guest's CPU model instead of the default (e.g. qemu64,+svm: "
+                             "an AMD CPU with SVM, which gives the guest /dev/kvm, nested "
+                             "under TCG)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the run directory (console.log, dmesg, qemu.cmd)")
 
@@ -124,7 +128,13 @@ def _options(args: argparse.Namespace, devices: Tuple[str, ...]) -> LabOptions:
                       mem_mb=args.mem, cpus=args.cpus, accel=args.accel, timeout=args.timeout,
                       boot_timeout=args.boot_timeout, rw_dirs=tuple(args.rw),
                       env=tuple(args.env), append=tuple(args.append),
-                      qemu_args=tuple(args.qemu_arg), keep=args.keep)
+                      qemu_args=tuple(args.qemu_arg) + _cpu_args(args), keep=args.keep)
+
+
+def _cpu_args(args: argparse.Namespace) -> Tuple[str, ...]:
+    # QEMU takes the last -cpu it is given, so this overrides the machine's default model
+    cpu = getattr(args, "cpu", None)
+    return ("-cpu", cpu) if cpu else ()
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

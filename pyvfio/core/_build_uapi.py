@@ -43,6 +43,7 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
     "tun": ("linux/if_tun.h",),
     "kvm": ("linux/kvm.h", "asm/kvm.h"),
     "uio_msi": ("uio_msi.h",),
+    "pci": ("linux/pci_regs.h",),
 }
 
 # The system calls the syscall layer makes through the binding.

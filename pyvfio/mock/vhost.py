@@ -21,17 +21,20 @@ written to the mock TAP's fd enter RX the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, List, Optional, Set, Tuple
 
 from pyvfio.core.uapi import ffi, lib
-from pyvfio.mock._util import (EventFd, copy_from_user, copy_to_user, fail, read_user,
-                               user_range_ok)
+from pyvfio.mock.core.family import Family, MockFile, register
+from pyvfio.mock.core.uaccess import (EventFd, copy_from_user, copy_to_user, fail, read_user,
+                                      user_range_ok)
 from pyvfio.virtio.device import DeviceSplitQueue
 
-__all__ = ["register", "VhostFile", "VhostNetFile", "TunFile"]
+__all__ = ["MockVhost", "VhostFile", "VhostNetFile", "VhostVsockFile", "VhostScsiFile",
+           "TunFile", "NET_FEATURES", "VSOCK_FEATURES", "SCSI_FEATURES", "BACKEND_FEATURES"]
 
 _U64 = "uint64_t"
 _COMMON_FEATURES = ((1 << lib.VIRTIO_F_NOTIFY_ON_EMPTY) | (1 << lib.VIRTIO_RING_F_INDIRECT_DESC)
@@ -73,7 +76,7 @@ class Vring:
         self.kick = self.call = self.err = None
 
 
-class VhostFile:
+class VhostFile(MockFile):
     """An open vhost node: the generic vhost_dev state and ioctls."""
 
     kind = "vhost"
@@ -82,10 +85,9 @@ class VhostFile:
     #: Whether the node handles the worker ioctls (vhost_worker_ioctl: vhost-scsi only in 6.12).
     worker_ioctls = False
 
-    def __init__(self, kernel: Any, path: str) -> None:
-        self.kernel = kernel
-        self.path = path
-        self.refs = 0
+    def __init__(self, kernel: Any, path: str, family: "MockVhost") -> None:
+        super().__init__(kernel, path)
+        self.family = family
         self.owner = False
         self.features = 0
         self.backend_features = 0
@@ -96,19 +98,10 @@ class VhostFile:
         self.log_base = 0
         self.log_ctx: Optional[EventFd] = None
         self.iotlb: Optional[List[Tuple[int, int, int, int]]] = None
-
-    # -- MockFile protocol ------------------------------------------------------------------
-    def get(self) -> "VhostFile":
-        self.refs += 1
-        return self
-
-    def put(self) -> None:
-        self.refs -= 1
-        if self.refs == 0:
-            self.release()
+        self.misses: List[Tuple[int, int]] = []       # IOTLB MISS messages not yet read
 
     def release(self) -> None:
-        self.kernel.vhost_files.discard(self)
+        self.family.files.discard(self)
         for vq in self.vqs:
             vq.backend = None
             vq.drop()
@@ -116,13 +109,18 @@ class VhostFile:
             self.log_ctx.put()
             self.log_ctx = None
 
-    def mmap(self, length: int, prot: int, flags: int, offset: int) -> Any:
-        raise fail(errno.ENODEV)
-
     def rw(self, offset: Optional[int], size: int, data: Optional[bytes]) -> Any:
         """IOTLB messages: write = vhost_chr_write_iter, read = a pending MISS (none here)."""
         if data is None:
-            raise fail(errno.EAGAIN)
+            if not self.misses:
+                raise fail(errno.EAGAIN)
+            iova, perm = self.misses.pop(0)
+            m = ffi.new("struct vhost_msg_v2 *")
+            m.type = lib.VHOST_IOTLB_MSG_V2
+            m.iotlb.iova = iova
+            m.iotlb.perm = perm
+            m.iotlb.type = lib.VHOST_IOTLB_MISS
+            return bytes(ffi.buffer(m))[:size]
         if self.iotlb is None:
             raise fail(errno.EFAULT)
         m = ffi.new("struct vhost_msg_v2 *")
@@ -150,7 +148,31 @@ class VhostFile:
         for base, length, uaddr in table:
             if base <= addr and addr + size <= base + length:
                 return uaddr + addr - base
+        if self.iotlb is not None:              # vhost_iotlb_miss: ask the owner
+            miss = (addr, lib.VHOST_ACCESS_WO if write else lib.VHOST_ACCESS_RO)
+            if miss not in self.misses:
+                self.misses.append(miss)
         raise fail(errno.EFAULT)
+
+    # -- dirty log ------------------------------------------------------------------------
+    @property
+    def logging(self) -> bool:
+        return bool(self.features >> lib.VHOST_F_LOG_ALL & 1) and bool(self.log_base)
+
+    def log_write(self, gpa: int, length: int) -> None:
+        """log_write: set the bits of the guest pages [gpa, gpa+length) in the bitmap."""
+        if length <= 0:
+            return
+        page = lib.VHOST_PAGE_SIZE
+        for pfn in range(gpa // page, (gpa + length - 1) // page + 1):
+            p = ffi.cast("uint8_t *", self.log_base + pfn // 8)
+            p[0] |= 1 << (pfn % 8)
+
+    def log_used(self, vq: Vring, offset: int, length: int) -> None:
+        if self.logging and vq.flags & (1 << lib.VHOST_VRING_F_LOG):
+            self.log_write(vq.log + offset, length)
+            if self.log_ctx is not None:
+                self.log_ctx.signal(1)
 
     def ring_addr(self, addr: int, size: int) -> int:
         return self.translate(addr, size, True) if self.iotlb is not None else addr
@@ -164,6 +186,8 @@ class VhostFile:
             f = copy_from_user(addr, _U64)[0]
             if f & ~self.features_offered:
                 raise fail(errno.EOPNOTSUPP)
+            if f >> lib.VHOST_F_LOG_ALL & 1 and self.mem is None:
+                raise fail(errno.EFAULT)         # vhost_log_access_ok: no memory table
             if f >> lib.VIRTIO_F_ACCESS_PLATFORM & 1:
                 if self.iotlb is None:
                     self.iotlb = []
@@ -365,15 +389,13 @@ class VhostFile:
         """The worker: run when the process enters the kernel."""
 
 
-class TunFile:
+class TunFile(MockFile):
     """/dev/net/tun opened: after TUNSETIFF, a TAP whose stack side is a frame queue."""
 
     kind = "tun"
 
     def __init__(self, kernel: Any, path: str) -> None:
-        self.kernel = kernel
-        self.path = path
-        self.refs = 0
+        super().__init__(kernel, path)
         self.name = ""
         self.flags = 0
         self.vnet_hdr_sz = 10
@@ -383,16 +405,6 @@ class TunFile:
         #: frames the stack received from the TAP (what vhost TX sent)
         self.from_guest: Deque[bytes] = deque()
         self.loopback = True
-
-    def get(self) -> "TunFile":
-        self.refs += 1
-        return self
-
-    def put(self) -> None:
-        self.refs -= 1
-
-    def mmap(self, *a: Any) -> Any:
-        raise fail(errno.ENODEV)
 
     def ioctl(self, cmd: int, addr: int) -> int:
         if cmd == lib.TUNSETIFF:
@@ -470,7 +482,7 @@ class VhostNetFile(VhostFile):
         if tx.backend is not None and tx.device is not None:
             moved = 0
             while True:
-                chain = tx.device.pop()
+                chain = self._pop(tx)
                 if chain is None:
                     break
                 frame = chain.read_all()[hlen:]
@@ -484,7 +496,7 @@ class VhostNetFile(VhostFile):
             tun = rx.backend
             filled = 0
             while tun.to_guest:
-                chain = rx.device.pop()
+                chain = self._pop(rx)
                 if chain is None:
                     break
                 frame = tun.to_guest.popleft()
@@ -492,10 +504,25 @@ class VhostNetFile(VhostFile):
                 if len(data) > chain.writable_len:
                     data = data[:chain.writable_len]
                 n = chain.write_all(data)
+                if self.logging:
+                    left = n
+                    for a, length in chain.written_at:
+                        self.log_write(a, min(length, left))
+                        left -= min(length, left)
+                idx = rx.device.used_idx % rx.num
                 rx.device.push(chain.id, n)
+                self.log_used(rx, 4 + 8 * idx, 8)
                 filled += 1
+            if filled:
+                self.log_used(rx, 2, 2)
             if filled and rx.device.flush() and rx.call is not None:
                 rx.call.signal(1)
+
+    def _pop(self, vq: Vring):
+        try:
+            return vq.device.pop()
+        except OSError:
+            return None              # a fault (an IOTLB miss is queued): retried on the next run
 
     def _hdr_len(self) -> int:
         if self.features & ((1 << lib.VIRTIO_NET_F_MRG_RXBUF) | (1 << lib.VIRTIO_F_VERSION_1)):
@@ -510,8 +537,8 @@ class VhostVsockFile(VhostFile):
     nvqs = 2
     features_offered = VSOCK_FEATURES
 
-    def __init__(self, kernel: Any, path: str) -> None:
-        super().__init__(kernel, path)
+    def __init__(self, kernel: Any, path: str, family: "MockVhost") -> None:
+        super().__init__(kernel, path, family)
         self.cid = 0
         self.running = False
 
@@ -521,7 +548,7 @@ class VhostVsockFile(VhostFile):
             if cid <= 2 or cid >= 0xFFFFFFFF:      # reserved CIDs and U32_MAX
                 raise fail(errno.EINVAL)
             if any(isinstance(f, VhostVsockFile) and f is not self and f.cid == cid
-                   for f in self.kernel.vhost_files):
+                   for f in self.family.files):
                 raise fail(errno.EADDRINUSE)
             self.cid = cid
             return 0
@@ -567,24 +594,57 @@ class VhostScsiFile(VhostFile):
         return None
 
 
-def register(kernel: Any) -> None:
-    """Add the vhost nodes and /dev/net/tun to ``kernel`` and run their workers on each call."""
-    kernel.vhost_files = set()
+@register
+class MockVhost(Family):
+    """Family ``vhost``: /dev/vhost-net, /dev/vhost-vsock, /dev/vhost-scsi and /dev/net/tun.
 
-    def opener(cls):
-        def make(path: str):
-            f = cls(kernel, path)
-            kernel.vhost_files.add(f)
+    Configuration ``vhost_nodes``: which vhost nodes exist (the modules "loaded").
+    """
+
+    name = "vhost"
+    NODES = {"net": VhostNetFile, "vsock": VhostVsockFile, "scsi": VhostScsiFile}
+    MODULES = {"vhost_net": "net", "vhost_vsock": "vsock", "vhost_scsi": "scsi", "tun": None}
+
+    @dataclasses.dataclass
+    class Config:
+        #: The vhost nodes present: any of "net", "vsock", "scsi".
+        vhost_nodes: Tuple[str, ...] = ("net", "vsock", "scsi")
+
+    def __init__(self, kernel: Any, config: "MockVhost.Config") -> None:
+        super().__init__(kernel, config)
+        self.files: Set[VhostFile] = set()
+        self.present: Set[str] = set()
+
+    def setup(self) -> None:
+        for node in self.config.vhost_nodes:
+            self.enable(node)
+        self._add(("net", "tun"), lambda p: TunFile(self.kernel, p))
+
+    def _add(self, parts: Tuple[str, ...], factory: Any) -> None:
+        path = self.kernel.host.dev_path(*parts)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "a").close()
+        self.kernel.add_node(path, factory)
+
+    def enable(self, node: str) -> None:
+        """Add ``/dev/vhost-<node>`` (as loading its module does)."""
+        cls = self.NODES[node]
+
+        def make(path: str) -> VhostFile:
+            f = cls(self.kernel, path, self)
+            self.files.add(f)
             return f
-        return make
+        self._add((f"vhost-{node}",), make)
+        self.present.add(node)
 
-    kernel.register_node(("vhost-net",), opener(VhostNetFile))
-    kernel.register_node(("vhost-vsock",), opener(VhostVsockFile))
-    kernel.register_node(("vhost-scsi",), opener(VhostScsiFile))
-    kernel.register_node(("net", "tun"), lambda p: TunFile(kernel, p))
+    def modprobe(self, module: str) -> Optional[Tuple[int, str]]:
+        if module not in self.MODULES:
+            return None
+        node = self.MODULES[module]
+        if node is not None and node not in self.present:
+            self.enable(node)
+        return 0, ""
 
-    def service() -> None:
-        for f in list(kernel.vhost_files):
+    def service(self) -> None:
+        for f in list(self.files):
             f.service()
-
-    kernel.add_service(service)

@@ -9,7 +9,6 @@ goes through.  :func:`pyvfio.vfio.open.open_device` chooses the path.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from pyvfio import errors

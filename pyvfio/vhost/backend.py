@@ -88,6 +88,7 @@ class VhostBackend(Handle):
         self.acked_backend_features = 0
         self.memory: Optional[DeviceMemory] = None
         self.queues: Dict[int, Virtqueue] = {}
+        self.log: Optional["DirtyLog"] = None
         self.fd = self._open()
         self._owner = False
         if owner:
@@ -258,7 +259,7 @@ class VhostBackend(Handle):
     def set_vring_addr(self, index: int, desc: int, avail: int, used: int, *,
                        log: int = 0, flags: int = 0) -> None:
         """VHOST_SET_VRING_ADDR: the rings' addresses; ``log`` the used ring's guest address
-        for dirty logging (``flags`` = VHOST_VRING_F_LOG)."""
+        for dirty logging (``flags`` = 1 << VHOST_VRING_F_LOG)."""
         self._check_index(index)
         a = ffi.new("struct vhost_vring_addr *", {
             "index": index, "flags": flags, "desc_user_addr": desc, "used_user_addr": used,
@@ -338,18 +339,33 @@ class VhostBackend(Handle):
         self._ioctl(lib.VHOST_SET_LOG_FD, ffi.new("int *", _fd_of(efd)))
 
     def start_dirty_log(self, log: "DirtyLog") -> None:
-        """Point the device at ``log`` and log the used rings of every set-up vring.
+        """Log every write of the device into ``log``: the bitmap (VHOST_SET_LOG_BASE) and its
+        eventfd (VHOST_SET_LOG_FD), ``VHOST_F_LOG_ALL`` acknowledged, and the used ring of
+        every set-up vring logged at its guest address (``VHOST_VRING_F_LOG``).
 
-        Needs ``VHOST_F_LOG_ALL`` acknowledged.
+        The kernel checks the log against the memory table: set that first.
         """
-        if not (self.acked_features or 0) >> lib.VHOST_F_LOG_ALL & 1:
+        if self.acked_features is None or self.memory is None:
             raise errors.NotReadyError(
-                "dirty logging needs VHOST_F_LOG_ALL acknowledged", device=self.name,
-                remedy="set_features(... | 1 << VHOST_F_LOG_ALL) before starting the log")
+                "dirty logging needs the features and the memory table set", device=self.name,
+                remedy="set_features() and set_mem_table() first")
+        if not self.get_features() >> lib.VHOST_F_LOG_ALL & 1:
+            raise errors.NotSupportedError(f"{self.node} does not offer VHOST_F_LOG_ALL",
+                                           device=self.name)
         self.set_log_base(log.buffer.vaddr)
         self.set_log_fd(log.event)
+        self.set_features(self.acked_features | 1 << lib.VHOST_F_LOG_ALL)
         for i, q in self.queues.items():
             self._set_addr_of(i, q, log=True)
+        self.log = log
+
+    def stop_dirty_log(self) -> None:
+        """Stop logging: VHOST_F_LOG_ALL cleared, used rings no longer logged, no log fd."""
+        self.set_features((self.acked_features or 0) & ~(1 << lib.VHOST_F_LOG_ALL))
+        for i, q in self.queues.items():
+            self._set_addr_of(i, q, log=False)
+        self.set_log_fd(None)
+        self.log = None
 
     # -- IOTLB ------------------------------------------------------------------------------
     def _iotlb_v2(self) -> None:
@@ -394,7 +410,12 @@ class VhostBackend(Handle):
         if not syscalls.poll([(self.fd, select.POLLIN)], timeout):
             return None
         size = ffi.sizeof("struct vhost_msg_v2")
-        data = syscalls.read(self.fd, size, device=self.name)
+        try:
+            data = syscalls.read(self.fd, size, device=self.name)
+        except errors.PyvfioError as exc:
+            if exc.errno == _errno.EAGAIN:
+                return None
+            raise
         m = ffi.new("struct vhost_msg_v2 *")
         ffi.memmove(m, data, min(len(data), size))
         t = m.iotlb
@@ -415,7 +436,7 @@ class VhostBackend(Handle):
             desc, avail, used = (a.vaddr for a in areas)
         self.set_vring_addr(index, desc, avail, used,
                             log=q.device_area.addr if log else 0,
-                            flags=lib.VHOST_VRING_F_LOG if log else 0)
+                            flags=(1 << lib.VHOST_VRING_F_LOG) if log else 0)
 
     def setup_vring(self, index: int, queue: Virtqueue, *, err: EventLike = None) -> None:
         """Give vring ``index`` the queue: num, base, addresses, kick and call eventfds.
@@ -433,7 +454,9 @@ class VhostBackend(Handle):
             raise errors.NotReadyError(
                 "vring set up before the memory table", device=self.name,
                 remedy="call set_mem_table(memory) (or iotlb_map_memory) first")
-        if queue.features != self.acked_features:
+        ring_bits = ((1 << lib.VIRTIO_RING_F_EVENT_IDX) | (1 << lib.VIRTIO_RING_F_INDIRECT_DESC)
+                     | (1 << lib.VIRTIO_F_RING_PACKED) | (1 << lib.VIRTIO_F_VERSION_1))
+        if (queue.features ^ self.acked_features) & ring_bits:
             raise errors.InvalidArgumentError(
                 f"queue made for features {queue.features:#x}, device acknowledged "
                 f"{self.acked_features:#x}", device=self.name,

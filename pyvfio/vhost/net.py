@@ -28,7 +28,7 @@ from pyvfio.core.eventfd import check_timeout
 from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.vhost.backend import VhostBackend
-from pyvfio.virtio.memory import DeviceMemory, Region
+from pyvfio.virtio.memory import DeviceMemory
 from pyvfio.virtio.queue import SplitQueue
 
 __all__ = ["VhostNet", "Tap", "VirtioNet", "RX", "TX", "NET_HDR_LEN", "OFFLOADS"]

@@ -26,11 +26,16 @@ Translate = Callable[[int, int, bool], int]
 
 
 class DescChain(NamedTuple):
-    """An available buffer: its id and its (process address, length) parts."""
+    """An available buffer: its id and its (process address, length) parts.
+
+    ``written_at`` holds the writable parts' (device address, length), for
+    dirty logging.
+    """
     id: int
     readable: List[Tuple[int, int]]
     writable: List[Tuple[int, int]]
     ndesc: int = 1
+    written_at: Tuple[Tuple[int, int], ...] = ()
 
     def read_all(self) -> bytes:
         return b"".join(bytes(ffi.buffer(ffi.cast("char *", a), n)) for a, n in self.readable)
@@ -61,6 +66,7 @@ class _DeviceQueue:
     def _parts(self, entries, head_id: int, ndesc: int) -> DescChain:
         readable: List[Tuple[int, int]] = []
         writable: List[Tuple[int, int]] = []
+        at = []
         for addr, length, flags in entries:
             write = bool(flags & lib.VRING_DESC_F_WRITE)
             if not write and writable:
@@ -68,7 +74,9 @@ class _DeviceQueue:
                                                   device=self.name)
             va = self.translate(addr, length, write)
             (writable if write else readable).append((va, length))
-        return DescChain(head_id, readable, writable, ndesc)
+            if write:
+                at.append((addr, length))
+        return DescChain(head_id, readable, writable, ndesc, tuple(at))
 
 
 class DeviceSplitQueue(_DeviceQueue):
@@ -92,11 +100,15 @@ class DeviceSplitQueue(_DeviceQueue):
             return None
         _smp_rmb()
         head = self.avail.ring[self.last_avail % self.size]
+        if head >= self.size:
+            raise errors.InvalidArgumentError(f"avail head {head} out of range", device=self.name)
+        chain = self._chain(head)      # a translation fault leaves the chain available
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if self.event_idx:
             self.avail_event[0] = self.last_avail
-        if head >= self.size:
-            raise errors.InvalidArgumentError(f"avail head {head} out of range", device=self.name)
+        return chain
+
+    def _chain(self, head: int) -> DescChain:
         entries = []
         d = self.desc[head]
         if d.flags & lib.VRING_DESC_F_INDIRECT:

@@ -12,9 +12,12 @@ only in what a device address means and who reads the eventfds.
 
 Layouts come from the uAPI binding (``struct vring_desc``, ``struct
 vring_avail``, ``struct vring_used``, ``struct vring_packed_desc``,
-``struct vring_packed_desc_event``): the rings are cffi pointers into the
-shared memory, so every field access is one C load or store of the field's
-width.
+``struct vring_packed_desc_event``).  The packed ring and the device side
+use cffi pointers into the shared memory; the split ring's hot paths pack
+whole descriptors and used elements with ``struct.Struct`` objects whose
+offsets and sizes are checked against the binding at import, and store the
+16-bit ring fields as items of a ``memoryview`` cast to ``H``: each is one C
+store of the field's width, about twice as fast as cffi field access.
 
 Memory ordering
 ---------------
@@ -43,6 +46,7 @@ mandatory barriers of the MMIO layer instead.
 """
 from __future__ import annotations
 
+import struct
 import sys
 import time
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence
@@ -66,6 +70,30 @@ _F_NEXT = lib.VRING_DESC_F_NEXT
 _F_WRITE = lib.VRING_DESC_F_WRITE
 _F_INDIRECT = lib.VRING_DESC_F_INDIRECT
 _U32_MAX = (1 << 32) - 1
+
+
+def _struct_of(ctype: str, fields: Sequence[tuple]) -> struct.Struct:
+    """A ``struct.Struct`` for ``ctype`` whose offsets and sizes are checked against the
+    binding (the C compiler's layout), so the hot paths can pack whole entries at once."""
+    fmt = "="
+    pos = 0
+    for name, code in fields:
+        off = ffi.offsetof(ctype, name)
+        if off != pos:
+            raise ImportError(f"{ctype}.{name} at {off}, expected {pos}")
+        size = struct.calcsize("=" + code)
+        if ffi.sizeof(dict(ffi.typeof(ctype).fields)[name].type) != size:
+            raise ImportError(f"{ctype}.{name} is not {size} bytes")
+        fmt += code
+        pos += size
+    if pos != ffi.sizeof(ctype):
+        raise ImportError(f"{ctype} is {ffi.sizeof(ctype)} bytes, expected {pos}")
+    return struct.Struct(fmt)
+
+
+# Whole-entry packers for the split ring's hot paths, laid out as the binding says.
+_DESC = _struct_of("struct vring_desc", (("addr", "Q"), ("len", "I"), ("flags", "H"), ("next", "H")))
+_USED_ELEM = _struct_of("struct vring_used_elem", (("id", "I"), ("len", "I")))
 
 
 class Used(NamedTuple):
@@ -320,13 +348,17 @@ class SplitQueue(Virtqueue):
                                    lib.VRING_USED_ALIGN_SIZE)
         for r in (self.desc_area, self.driver_area, self.device_area):
             r.write(bytes(r.size))
-        self._desc = ffi.cast("struct vring_desc *", self.desc_area.vaddr)
-        self._avail = ffi.cast("struct vring_avail *", self.driver_area.vaddr)
-        self._used_ring = ffi.cast("struct vring_used *", self.device_area.vaddr)
-        self._aring = self._avail.ring
-        self._uring = self._used_ring.ring
-        self._used_event = ffi.cast("uint16_t *", self.driver_area.vaddr + 4 + 2 * n)
-        self._avail_event = ffi.cast("uint16_t *", self.device_area.vaddr + 4 + 8 * n)
+        # The rings are reached through memoryviews of the shared mapping: whole
+        # descriptors and used elements are packed/unpacked with the binding-checked
+        # structs above, 16-bit ring fields are items of a native 'H' view (the ring
+        # is little-endian on every host this runs on: see the constructor).
+        self._views: List[memoryview] = []
+        self._dv = self._view(self.desc_area)
+        self._ah = self._view(self.driver_area, "H")     # flags, idx, ring[n], used_event
+        self._ub = self._view(self.device_area)          # used elements
+        self._uh = self._view(self.device_area, "H")     # flags, idx, ..., avail_event
+        self._used_event_i = 2 + n
+        self._avail_event_i = 2 + 4 * n
         self._mask = n - 1
         self._free: List[int] = list(range(n - 1, -1, -1))
         self._chains: List[Any] = [None] * n
@@ -338,14 +370,45 @@ class SplitQueue(Virtqueue):
         self._itable: Optional[Region] = None
         if self.indirect:
             self._itable = m.alloc(n * self.max_indirect * 16, 16)
-            self._ind = ffi.cast("struct vring_desc *", self._itable.vaddr)
+            self._iv = self._view(self._itable)
+
+    def _view(self, region: Region, fmt: str = "") -> memoryview:
+        base = region.buffer.view
+        sub = base[region.offset:region.offset + region.size]
+        self._views += [base, sub]
+        if fmt:
+            sub = sub.cast(fmt)
+            self._views.append(sub)
+        return sub
+
+    def _release(self) -> None:
+        for v in reversed(getattr(self, "_views", [])):
+            v.release()
+        self._views = []
+        super()._release()
 
     def add(self, readable: Sequence[Region] = (), writable: Sequence[Region] = (),
             token: Any = None) -> int:
         self._check_open()
+        pack = _DESC.pack_into
+        if len(readable) + len(writable) == 1:           # the common case, without lists
+            r = readable[0] if readable else writable[0]
+            size = r.size
+            if size > _U32_MAX:
+                raise errors.InvalidArgumentError(
+                    f"a descriptor holds at most 4 GiB - 1, not {size} bytes", device=self.name)
+            if not self._free:
+                raise errors.QueueFullError(f"no free descriptor ({self.size} in flight)",
+                                            device=self.name)
+            head = self._free.pop()
+            pack(self._dv, head * 16, r.addr, size, _F_WRITE if writable else 0, 0)
+            self._chains[head] = (head if token is None else token, (head,))
+            self._ah[2 + (self._avail_idx & self._mask)] = head
+            self._avail_idx = (self._avail_idx + 1) & 0xFFFF
+            self._in_flight += 1
+            return head
         parts = self._parts(readable, writable)
         n = len(parts)
-        desc = self._desc
         if self.indirect and n > 1:
             if n > self.max_indirect:
                 raise self._too_long(n, self.max_indirect, "an indirect table")
@@ -354,23 +417,13 @@ class SplitQueue(Virtqueue):
                                             device=self.name)
             head = self._free.pop()
             base = head * self.max_indirect
-            table = self._ind
             for i, (addr, size, flag) in enumerate(parts):
-                d = table[base + i]
-                d.addr = addr
-                d.len = size
                 if i < n - 1:
-                    d.flags = flag | _F_NEXT
-                    d.next = i + 1
+                    pack(self._iv, (base + i) * 16, addr, size, flag | _F_NEXT, i + 1)
                 else:
-                    d.flags = flag
-                    d.next = 0
-            d = desc[head]
-            d.addr = self._itable.addr + base * 16
-            d.len = n * 16
-            d.flags = _F_INDIRECT
-            d.next = 0
-            ids = (head,)
+                    pack(self._iv, (base + i) * 16, addr, size, flag, 0)
+            pack(self._dv, head * 16, self._itable.addr + base * 16, n * 16, _F_INDIRECT, 0)
+            ids: tuple = (head,)
         else:
             if n > self.size:
                 raise self._too_long(n, self.size, "the ring")
@@ -378,30 +431,15 @@ class SplitQueue(Virtqueue):
             if n > len(free):
                 raise errors.QueueFullError(
                     f"{n} descriptors needed, {len(free)} free", device=self.name)
-            if n == 1:
-                head = free.pop()
-                d = desc[head]
-                addr, size, flag = parts[0]
-                d.addr = addr
-                d.len = size
-                d.flags = flag
-                d.next = 0
-                ids = (head,)
-            else:
-                ids = tuple(free.pop() for _ in range(n))
-                for i, (addr, size, flag) in enumerate(parts):
-                    d = desc[ids[i]]
-                    d.addr = addr
-                    d.len = size
-                    if i < n - 1:
-                        d.flags = flag | _F_NEXT
-                        d.next = ids[i + 1]
-                    else:
-                        d.flags = flag
-                        d.next = 0
-                head = ids[0]
+            ids = tuple(free.pop() for _ in range(n))
+            for i, (addr, size, flag) in enumerate(parts):
+                if i < n - 1:
+                    pack(self._dv, ids[i] * 16, addr, size, flag | _F_NEXT, ids[i + 1])
+                else:
+                    pack(self._dv, ids[i] * 16, addr, size, flag, 0)
+            head = ids[0]
         self._chains[head] = (head if token is None else token, ids)
-        self._aring[self._avail_idx & self._mask] = head
+        self._ah[2 + (self._avail_idx & self._mask)] = head
         self._avail_idx = (self._avail_idx + 1) & 0xFFFF
         self._in_flight += 1
         return head
@@ -409,7 +447,7 @@ class SplitQueue(Virtqueue):
     def publish(self) -> None:
         self._check_open()
         _smp_wmb()                       # descriptors and ring entries before the index
-        self._avail.idx = self._avail_idx
+        self._ah[1] = self._avail_idx
 
     def _needs_notify(self) -> bool:
         new = self._avail_idx
@@ -418,14 +456,14 @@ class SplitQueue(Virtqueue):
         if new == old:
             return False
         if self.event_idx:
-            event = self._avail_event[0]
+            event = self._uh[self._avail_event_i]
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not (self._used_ring.flags & lib.VRING_USED_F_NO_NOTIFY)
+        return not (self._uh[0] & lib.VRING_USED_F_NO_NOTIFY)
 
     def used(self, limit: int = 1 << 30) -> List[Used]:
         self._check_open()
         last = self._last_used
-        idx = self._used_ring.idx
+        idx = self._uh[1]
         if idx == last:
             return []
         _smp_rmb()                       # the index before the entries it covers
@@ -435,26 +473,31 @@ class SplitQueue(Virtqueue):
                 f"device returned {count} buffers with {self._in_flight} in flight",
                 device=self.name, remedy="the device broke the ring protocol; reset it")
         out = []
-        ring = self._uring
+        unpack = _USED_ELEM.unpack_from
+        ub = self._ub
         chains = self._chains
         free = self._free
         mask = self._mask
+        size = self.size
         for _ in range(count):
-            e = ring[last & mask]
-            head = e.id
-            chain = chains[head] if head < self.size else None
+            head, length = unpack(ub, 4 + 8 * (last & mask))
+            chain = chains[head] if head < size else None
             if chain is None:
                 raise errors.PyvfioError(f"device returned descriptor {head}, which is not in flight",
                                          device=self.name, remedy="reset the device")
             chains[head] = None
-            free.extend(chain[1])
-            out.append(Used(chain[0], e.len, head))
+            ids = chain[1]
+            if len(ids) == 1:
+                free.append(ids[0])
+            else:
+                free.extend(ids)
+            out.append(Used(chain[0], length, head))
             last = (last + 1) & 0xFFFF
         self._last_used = last
         self._in_flight -= count
         self.completed += count
         if self.event_idx and self._cb_enabled:
-            self._used_event[0] = last
+            self._ah[self._used_event_i] = last
             _smp_mb()
         return out
 
@@ -462,19 +505,19 @@ class SplitQueue(Virtqueue):
         self._check_open()
         self._cb_enabled = True
         if self.event_idx:
-            self._used_event[0] = self._last_used
+            self._ah[self._used_event_i] = self._last_used
         elif self._avail_flags & lib.VRING_AVAIL_F_NO_INTERRUPT:
             self._avail_flags &= ~lib.VRING_AVAIL_F_NO_INTERRUPT
-            self._avail.flags = self._avail_flags
+            self._ah[0] = self._avail_flags
         _smp_mb()                        # the store above before the look at used->idx
-        return self._used_ring.idx != self._last_used
+        return self._uh[1] != self._last_used
 
     def disable_cb(self) -> None:
         self._check_open()
         self._cb_enabled = False
         if not self.event_idx:
             self._avail_flags |= lib.VRING_AVAIL_F_NO_INTERRUPT
-            self._avail.flags = self._avail_flags
+            self._ah[0] = self._avail_flags
 
     @property
     def num_free(self) -> int:

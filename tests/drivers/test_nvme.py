@@ -16,7 +16,7 @@ import struct
 from types import SimpleNamespace
 
 import pytest
-from conftest import require_vfio_path
+from support import require_vfio_path
 
 from pyvfio import errors, pci
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import dma_address
+from support import dma_address
 from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.core.memory import DmaBuffer

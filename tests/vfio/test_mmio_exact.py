@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import _open, require_vfio_path
+from support import open_path as _open, require_vfio_path
 from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.drivers.edu import IRQ_ACK, IRQ_RAISE, IRQ_STATUS, Edu
@@ -35,7 +35,7 @@ def edu(vfio_edu):
 
 
 def _model(vfio_edu):
-    return vfio_edu.mock.models[0] if vfio_edu.target.kind == "mock" else None
+    return vfio_edu.mock.pci.models[0] if vfio_edu.target.kind == "mock" else None
 
 
 def _collect(irq, expected: int, settle: float = 0.3) -> int:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import dma_address
+from support import dma_address
 from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.core.memory import DmaBuffer

@@ -1,7 +1,6 @@
 """Fixtures for vhost tests: the mock kernel's vhost nodes on the host, the real ones in a guest."""
 from __future__ import annotations
 
-import os
 import subprocess
 from types import SimpleNamespace
 

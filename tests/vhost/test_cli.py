@@ -33,3 +33,27 @@ def test_missing_node_names_the_module(tmp_path):
     with pytest.raises(errors.ModuleMissingError) as ei:
         VhostNet(str(tmp_path / "vhost-net"))
     assert "modprobe vhost_net" in ei.value.remedy and ei.value.device == "vhost-net"
+
+
+def test_node_owned_by_someone_else(tmp_path):
+    """EACCES on open names the node's owner and mode and how to grant access."""
+    import errno
+    import os
+
+    from pyvfio.core import syscalls
+
+    node = tmp_path / "vhost-net"
+    node.write_bytes(b"")
+    os.chmod(node, 0o600)
+
+    class Refusing(syscalls.Kernel):
+        def open(self, path, flags, mode=0o600):
+            if path == str(node):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return super().open(path, flags, mode)
+
+    with syscalls.use(Refusing()):
+        with pytest.raises(errors.PermissionDeniedError) as ei:
+            VhostNet(str(node))
+    text = str(ei.value)
+    assert "owner uid" in text and "mode rw-------" in text and "chown" in ei.value.remedy

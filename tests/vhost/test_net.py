@@ -8,7 +8,6 @@ the mock, vhost-net loops TX back into RX.
 from __future__ import annotations
 
 import errno
-import os
 import random
 import socket
 import struct
@@ -234,3 +233,120 @@ def test_bad_input_leaves_nothing(vhost_env):
     v.close()
     with pytest.raises(errors.ClosedError):
         v.get_features()
+
+
+def _manual(env, tap, features, *, size=64):
+    """A vhost-net device set up step by step: memory, features, both rings, backend."""
+    mem = DeviceMemory()
+    v = VhostNet()
+    rxq = SplitQueue(mem, size, index=RX, features=features & ~(1 << lib.VHOST_F_LOG_ALL))
+    txq = SplitQueue(mem, size, index=TX, features=features & ~(1 << lib.VHOST_F_LOG_ALL))
+    slots = mem.new_buffer(2 * size * 2048)
+    return mem, v, rxq, txq, slots
+
+
+def test_dirty_log_marks_written_pages(vhost_env):
+    """VHOST_SET_LOG_BASE/LOG_FD with VHOST_F_LOG_ALL: after RX the bitmap holds exactly the
+    pages of the received frames and of the used ring's written entries and index."""
+    from pyvfio.vhost import DirtyLog
+    rng = _rng(5)
+    with _tap(vhost_env) as tap:
+        mem, v, rxq, txq, slots = _manual(vhost_env, tap, 1 << lib.VIRTIO_F_VERSION_1)
+        try:
+            v.set_mem_table(mem)
+            v.set_features(1 << lib.VIRTIO_F_VERSION_1)
+            v.setup_vring(RX, rxq)
+            v.setup_vring(TX, txq)
+            v.set_backend(RX, tap)
+            v.set_backend(TX, tap)
+            with DirtyLog.for_memory(mem) as log:
+                v.start_dirty_log(log)
+                base = mem.addr(slots)
+                for i in range(4):                # RX slots on pages 0, 1, 2, 3 of the buffer
+                    rxq.add(writable=[mem.region(slots, i * 4096, 2048)], token=i)
+                rxq.kick()
+                frames = [_frame(rng, 100 + 300 * i, dst=GUEST_MAC) for i in range(4)]
+                port = None
+                if vhost_env.real:
+                    port = PacketPort(tap.name)
+                    for f in frames:
+                        port.send(f)
+                    port.close()
+                else:
+                    for f in frames:                  # the mock TAP's stack side
+                        vhost_env.mock.file_of(tap.fd).to_guest.append(f)
+                got = rxq.wait_for(4, 10)
+                assert sorted(u.token for u in got) == [0, 1, 2, 3]
+                page = lib.VHOST_PAGE_SIZE
+                expect = {(base + i * 4096) // page * page for i in range(4)}
+                used = rxq.device_area.addr
+                for off in [2] + [4 + 8 * i for i in range(4)]:
+                    expect.add((used + off) // page * page)
+                assert set(log.dirty()) == expect
+                assert log.event.pending() >= 1
+                assert log.dirty() == []             # read clears
+                v.stop_dirty_log()
+        finally:
+            v.close()
+            for q in (rxq, txq):
+                q.close()
+            mem.close()
+
+
+def test_iotlb_miss_update_invalidate(vhost_env):
+    """VIRTIO_F_ACCESS_PLATFORM with VHOST_BACKEND_F_IOTLB_MSG_V2: ring addresses are IOVAs;
+    a frame in unmapped memory makes the device send an IOTLB MISS (read from the fd), an
+    UPDATE lets it through, an INVALIDATE makes it miss again."""
+    features = (1 << lib.VIRTIO_F_VERSION_1) | (1 << lib.VIRTIO_F_ACCESS_PLATFORM)
+    rng = _rng(6)
+    with _tap(vhost_env) as tap:
+        mem, v, rxq, txq, slots = _manual(vhost_env, tap, features)
+        port = PacketPort(tap.name) if vhost_env.real else None
+        try:
+            v.set_backend_features(1 << lib.VHOST_BACKEND_F_IOTLB_MSG_V2)
+            v.set_mem_table(mem)
+            v.set_features(features)
+            assert v.iotlb_mode
+            rings, rings_addr = mem.buffers[0]
+            v.iotlb_update(rings_addr, rings.size, rings.vaddr)   # only the rings
+            v.setup_vring(RX, rxq)
+            v.setup_vring(TX, txq)
+            v.set_backend(TX, tap)
+            slot_addr = mem.addr(slots)
+            frame = _frame(rng, 200)
+            region = mem.region(slots, 0, 12 + len(frame))
+            region.write(bytes(12) + frame)
+            for round_ in range(2):
+                txq.add([region])
+                txq.kick()
+                msg = v.read_iotlb(timeout=10)
+                assert msg is not None and msg.type == lib.VHOST_IOTLB_MISS
+                assert msg.iova == slot_addr and msg.perm == lib.VHOST_ACCESS_RO
+                v.iotlb_update(slot_addr, slots.size, slots.vaddr, lib.VHOST_ACCESS_RO)
+                assert txq.wait_for(1, 10)[0].length == 0
+                if port is not None:
+                    assert port.recv() == frame
+                v.iotlb_invalidate(slot_addr, slots.size)
+            assert v.read_iotlb(timeout=0) is None
+        finally:
+            if port is not None:
+                port.close()
+            v.close()
+            for q in (rxq, txq):
+                q.close()
+            mem.close()
+
+
+def test_iotlb_and_offload_need_negotiation(vhost_env):
+    with VhostNet() as v:
+        with pytest.raises(errors.NotReadyError) as ei:
+            v.iotlb_update(0x1000, 0x1000, 0x7000)
+        assert "VHOST_BACKEND_F_IOTLB_MSG_V2" in ei.value.remedy
+        with pytest.raises(errors.InvalidArgumentError):
+            v.set_backend_features(1 << lib.VHOST_BACKEND_F_IOTLB_BATCH)   # not offered by vhost-net
+    with _tap(vhost_env) as tap:
+        with pytest.raises(errors.InvalidArgumentError) as ei:
+            tap.set_offload(["csum", "warp"])
+        assert "warp" in str(ei.value)
+        tap.set_offload(["csum", "tso4", "tso6"])
+        tap.set_offload([])
