@@ -66,6 +66,7 @@ from pyvfio.mock import iommufd as _iommufd  # noqa: F401  (registers "iommufd")
 from pyvfio.mock import kvm as _kvm  # noqa: F401  (registers "kvm")
 from pyvfio.mock import vfio as _vfio  # noqa: F401  (registers "vfio")
 from pyvfio.mock import vhost as _vhost  # noqa: F401  (registers "vhost")
+from pyvfio.mock import vdpa as _vdpa  # noqa: F401  (registers "vdpa")
 from pyvfio.mock.core.uaccess import DmaFault
 from pyvfio.mock.kernel import MockKernel
 from pyvfio.mock.pci import BarSpec, EduModel, PciFunction, SysfsTree

@@ -6,6 +6,7 @@ import os
 import random
 
 import pytest
+from vdpa_helpers import require_real
 
 from pyvfio import errors
 from pyvfio.core.uapi import lib
@@ -30,7 +31,8 @@ def _drive(dev: VhostVdpa):
 
 
 @pytest.mark.parametrize("backing", ["memory", "file"])
-def test_vduse_blk_256_random_sectors(vdpa_env, tmp_path, backing):
+def test_vduse_blk_256_random_sectors(vdpa_env, tmp_path, backing, lab_target):
+    require_real(lab_target, "VDUSE")
     if not os.path.exists("/dev/vduse/control"):
         pytest.skip("this kernel has no VDUSE (CONFIG_VDPA_USER)")
     size = 8 << 20
@@ -79,7 +81,8 @@ def test_vduse_blk_256_random_sectors(vdpa_env, tmp_path, backing):
         assert all(raw[s * SECTOR_SIZE:(s + 1) * SECTOR_SIZE] == data[s] for s in sectors)
 
 
-def test_vduse_destroy_while_attached_is_refused(vdpa_env):
+def test_vduse_destroy_while_attached_is_refused(vdpa_env, lab_target):
+    require_real(lab_target, "VDUSE")
     if not os.path.exists("/dev/vduse/control"):
         pytest.skip("this kernel has no VDUSE (CONFIG_VDPA_USER)")
     name = f"pvduse{os.getpid() % 1000}b"
