@@ -13,6 +13,7 @@ from typing import Optional
 
 from pyvfio import errors
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import ffi
 
@@ -29,7 +30,7 @@ def round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-class DmaBuffer:
+class DmaBuffer(Handle):
     """Page-aligned memory a device can read and write by DMA.
 
     ``kind`` is ``"anonymous"`` (shared anonymous pages), ``"memfd"`` (a
@@ -37,6 +38,8 @@ class DmaBuffer:
     (a memfd of huge pages of ``page_size`` 2 MiB or 1 GiB, reserved through
     /proc/sys/vm/nr_hugepages or the sysfs hugepages directory).
     """
+
+    name = "DMA buffer"
 
     def __init__(self, size: int, kind: str = "anonymous", *,
                  page_size: Optional[int] = None, name: str = "pyvfio-dma") -> None:
@@ -159,11 +162,7 @@ class DmaBuffer:
         return pfn * PAGE_SIZE + vaddr % PAGE_SIZE
 
     # -- lifetime -------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._mmap is None
-
-    def close(self) -> None:
+    def _release(self) -> None:
         """Remove the buffer's IOMMU mappings, then free the memory."""
         for space in list(self.spaces):
             space.unmap_buffer(self)
@@ -176,12 +175,6 @@ class DmaBuffer:
         if self.fd is not None:
             syscalls.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "DmaBuffer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"vaddr={self.vaddr:#x}"

@@ -18,6 +18,7 @@ import errno as errno_
 import mmap as _mmap
 import os
 import select
+import socket as _socket
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -29,7 +30,8 @@ __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap", "ioperm",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
     "open_fds", "live_mappings", "ioctl_name", "memfd_create", "ftruncate", "mlock",
-    "read_file", "write_file", "modprobe",
+    "read_file", "write_file", "modprobe", "stat", "mkdir", "rmdir", "symlink", "unlink",
+    "socket",
 ]
 
 
@@ -86,6 +88,20 @@ class Kernel:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
         return fd
+
+    def socket(self, family: int, type_: int, proto: int,
+               options: Sequence[Tuple[int, int, int]] = ()) -> int:
+        s = _socket.socket(family, type_ | _socket.SOCK_CLOEXEC, proto)
+        try:
+            for level, name, value in options:
+                s.setsockopt(level, name, value)
+        except BaseException:
+            s.close()
+            raise
+        return s.detach()
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
 
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         p = select.poll()
@@ -351,6 +367,22 @@ def eventfd(initval: int = 0, flags: int = 0, *, what: str = "eventfd") -> int:
     return fd
 
 
+def socket(family: int, type_: int, proto: int = 0, *,
+           options: Sequence[Tuple[int, int, int]] = (), what: str = "socket") -> int:
+    """socket(2) plus setsockopt(2) of ``(level, name, value)`` options; closed with :func:`close`.
+
+    Data goes through :func:`read` and :func:`write` (a netlink socket sends
+    to the kernel and receives its answers that way).
+    """
+    try:
+        fd = backend().socket(family, type_, proto, options)
+    except OSError as exc:
+        raise _fail(exc, "socket", what, None) from None
+    with _lock:
+        _fds[fd] = what
+    return fd
+
+
 def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple[int, int]]:
     """poll(2) on (fd, events) pairs; ``timeout`` in seconds, None waits forever."""
     ms = None if timeout is None else max(0, int(timeout * 1000))
@@ -358,6 +390,45 @@ def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple
         return backend().poll(fds, ms)
     except OSError as exc:
         raise _fail(exc, "poll", None, None) from None
+
+
+def stat(path: str) -> os.stat_result:
+    """stat(2) a path (owner and mode of a device node, for messages)."""
+    b = backend()
+    fn = getattr(b, "stat", None) or os.stat
+    try:
+        return fn(path)
+    except OSError as exc:
+        raise _fail(exc, "stat", path, None) from None
+
+
+def _path_call(name: str, op: str, *args: Any) -> None:
+    b = backend()
+    fn = getattr(b, name, None) or getattr(os, name)
+    try:
+        fn(*args)
+    except OSError as exc:
+        raise _fail(exc, op, str(args[-1] if name == "symlink" else args[0]), None) from None
+
+
+def mkdir(path: str, mode: int = 0o755) -> None:
+    """mkdir(2) (configfs objects are made by mkdir)."""
+    _path_call("mkdir", "mkdir", path, mode)
+
+
+def rmdir(path: str) -> None:
+    """rmdir(2)."""
+    _path_call("rmdir", "rmdir", path)
+
+
+def symlink(target: str, path: str) -> None:
+    """symlink(2): ``path`` points at ``target`` (configfs links objects so)."""
+    _path_call("symlink", "symlink", target, path)
+
+
+def unlink(path: str) -> None:
+    """unlink(2)."""
+    _path_call("unlink", "unlink", path)
 
 
 def memfd_create(name: str, flags: int = 0) -> int:

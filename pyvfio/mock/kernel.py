@@ -224,6 +224,17 @@ class MockKernel:
             self._service()
             return ret
 
+    def socket(self, family: int, type_: int, proto: int,
+               options: Sequence[Tuple[int, int, int]] = ()) -> int:
+        """A socket a family models (``Family.socket``), else a real one."""
+        with self._lock:
+            for fam in self._families.values():
+                make = getattr(fam, "socket", None)
+                f = make(family, type_, proto) if make is not None else None
+                if f is not None:
+                    return self.install(f)
+        return self._real.socket(family, type_, proto, options)
+
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         with self._lock:
             self._service()
