@@ -21,7 +21,7 @@ from typing import Optional
 
 from pyvfio import errors
 from pyvfio.core.memory import DmaBuffer
-from pyvfio.core.sysfs import host
+from pyvfio.core.sysfs import host, read_text
 
 __all__ = ["UioDmaWarning", "bus_address", "kernel_tainted", "TAINT_USER"]
 
@@ -39,8 +39,8 @@ class UioDmaWarning(RuntimeWarning):
 def kernel_tainted() -> Optional[int]:
     """The kernel's taint mask (``/proc/sys/kernel/tainted``), None if unreadable."""
     try:
-        with open(host().proc_path("sys", "kernel", "tainted")) as f:
-            return int(f.read().strip() or 0)
+        text = read_text(host().proc_path("sys", "kernel", "tainted"))
+        return int(text or 0) if text is not None else None
     except (OSError, ValueError):
         return None
 
