@@ -20,8 +20,9 @@ import warnings
 from typing import Optional
 
 from pyvfio import errors
+from pyvfio.core import syscalls
 from pyvfio.core.memory import DmaBuffer
-from pyvfio.core.sysfs import host, read_text
+from pyvfio.core.sysfs import host
 
 __all__ = ["UioDmaWarning", "bus_address", "kernel_tainted", "TAINT_USER"]
 
@@ -39,8 +40,7 @@ class UioDmaWarning(RuntimeWarning):
 def kernel_tainted() -> Optional[int]:
     """The kernel's taint mask (``/proc/sys/kernel/tainted``), None if unreadable."""
     try:
-        text = read_text(host().proc_path("sys", "kernel", "tainted"))
-        return int(text or 0) if text is not None else None
+        return int(syscalls.read_file(host().proc_path("sys", "kernel", "tainted")).strip() or 0)
     except (OSError, ValueError):
         return None
 
