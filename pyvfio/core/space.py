@@ -180,6 +180,16 @@ class IoAddressSpace(Handle):
         if self._allocator is not None:
             self._allocator.clear()
 
+    def release_dma(self) -> None:
+        """Remove every mapping, and what the backend pinned for them, keeping the space open.
+
+        An owner calls it while the IOMMU still exists (before detaching the
+        last group from a container, for instance).
+        """
+        self._check_open()
+        if self._mappings:
+            self.unmap_all()
+
     def iova_of(self, buffer: DmaBuffer, offset: int = 0) -> int:
         """The IOVA at which ``buffer[offset]`` is mapped."""
         addr = buffer.vaddr + offset

@@ -145,6 +145,7 @@ class PciConfig(MmioAccess):
     def __init__(self, space: ConfigSpace) -> None:
         self.space = space
         self._mmio_device = getattr(getattr(space, "device", None), "name", None)
+        self._mmio_init()
 
     @classmethod
     def from_bytes(cls, data: Union[bytes, bytearray]) -> "PciConfig":

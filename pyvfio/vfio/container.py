@@ -271,13 +271,17 @@ class Container(IoAddressSpace):
             syscalls.close(self.fd)
             self.fd = None
 
+    def release_dma(self) -> None:
+        """Unmap everything and unregister sPAPR memory (needs the IOMMU: a group attached)."""
+        if self._mappings:
+            self.unmap_all()
+        for vaddr, size in list(self._registered.items()):
+            self.unregister_memory(vaddr, size)
+
     def _release(self) -> None:
         """Unmap everything, unregister sPAPR memory, detach groups, close the container."""
         try:
-            if self._mappings:
-                self.unmap_all()
-            for vaddr, size in list(self._registered.items()):
-                self.unregister_memory(vaddr, size)
+            self.release_dma()
         finally:
             for g in list(self.groups):
                 g.unset_container()

@@ -205,11 +205,12 @@ class Device(Handle):
         self._irqs.clear()
         self._regions.clear()
         # unmap DMA while the IOMMU still exists: detaching the container's last
-        # group drops its type1 IOMMU, and an unmap after that fails (EINVAL)
+        # group drops its IOMMU, and an unmap (or sPAPR unregister) after that
+        # fails with EINVAL
         dma = self.dma
         if dma is not None and not dma.closed:
             try:
-                dma.unmap_all()
+                dma.release_dma()
             except errors.PyvfioError as exc:
                 first_error = first_error or exc
         if self.fd is not None:
