@@ -531,6 +531,11 @@ class SplitQueue(Virtqueue):
     def in_flight(self) -> int:
         return self._in_flight
 
+    def pending_used(self) -> int:
+        """How many used buffers wait to be collected (a look at ``used->idx``, no interrupt)."""
+        self._check_open()
+        return (self._uh[1] - self._last_used) & 0xFFFF
+
     @property
     def avail_idx(self) -> int:
         """The driver's next avail index (what ``VHOST_SET_VRING_BASE`` resumes from)."""
