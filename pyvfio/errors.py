@@ -17,7 +17,7 @@ __all__ = [
     "BusyError", "MemlockError", "InvalidArgumentError", "ClosedError",
     "OutOfBoundsError", "NotViableError", "IovaError", "ModuleMissingError",
     "NotBoundError", "TimedOutError", "ExistsError", "RegisterIdError", "QueueFullError",
-    "NotReadyError", "from_errno",
+    "NotReadyError", "VdpaStatusError", "from_errno",
 ]
 
 
@@ -169,6 +169,12 @@ class NotReadyError(PyvfioError):
     def __init__(self, message: str, **kw) -> None:
         kw.setdefault("errno", _errno.EINVAL)
         super().__init__(message, **kw)
+
+
+class VdpaStatusError(InvalidArgumentError):
+    """A virtio status-protocol rule was broken on a vDPA device (the message names the rule):
+    status bits only cleared by a reset, set in order, features fixed after FEATURES_OK,
+    vrings programmed between FEATURES_OK and DRIVER_OK."""
 
 
 _BY_ERRNO = {
