@@ -20,6 +20,7 @@ import warnings
 from typing import Optional
 
 from pyvfio import errors
+from pyvfio.core import syscalls
 from pyvfio.core.memory import DmaBuffer
 from pyvfio.core.sysfs import host
 
@@ -39,8 +40,7 @@ class UioDmaWarning(RuntimeWarning):
 def kernel_tainted() -> Optional[int]:
     """The kernel's taint mask (``/proc/sys/kernel/tainted``), None if unreadable."""
     try:
-        with open(host().proc_path("sys", "kernel", "tainted")) as f:
-            return int(f.read().strip() or 0)
+        return int(syscalls.read_file(host().proc_path("sys", "kernel", "tainted")).strip() or 0)
     except (OSError, ValueError):
         return None
 
