@@ -27,7 +27,7 @@ from pyvfio import errors
 _builtin_open = open
 
 __all__ = [
-    "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
+    "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap", "ioperm",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
     "open_fds", "live_mappings", "ioctl_name", "memfd_create", "ftruncate", "mlock",
     "read_file", "write_file", "modprobe", "stat", "mkdir", "rmdir", "symlink", "unlink",
@@ -117,6 +117,11 @@ class Kernel:
 
     def mlock(self, addr: int, length: int) -> None:
         if self._lib.mlock(self._ffi.cast("void *", addr), length) != 0:
+            err = self._ffi.errno
+            raise OSError(err, os.strerror(err))
+
+    def ioperm(self, start: int, num: int, on: bool) -> None:
+        if self._lib.pyvfio_ioperm(start, num, 1 if on else 0) != 0:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
 
@@ -451,6 +456,19 @@ def mlock(addr: int, length: int) -> None:
         backend().mlock(addr, length)
     except OSError as exc:
         raise _fail(exc, "mlock", None, None, dma=True) from None
+
+
+def ioperm(start: int, num: int, on: bool = True, *, device: Optional[str] = None) -> None:
+    """ioperm(2): let this thread (x86) use I/O ports ``start`` .. ``start + num - 1`` (or stop)."""
+    b = backend()
+    try:
+        if not hasattr(b, "ioperm"):
+            raise OSError(38, os.strerror(38))          # ENOSYS: the backend has no ports
+        b.ioperm(start, num, on)
+    except OSError as exc:
+        raise _fail(exc, "ioperm", None, device,
+                    remedy="run as root (CAP_SYS_RAWIO) on x86; ports above 0xffff are "
+                           "out of ioperm's reach") from None
 
 
 def read_file(path: str, *, device: Optional[str] = None, op: str = "read") -> bytes:

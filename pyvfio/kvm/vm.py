@@ -1,6 +1,7 @@
 """A VM fd: memory slots, the in-kernel IRQ chip, devices, irqfd and ioeventfd."""
 from __future__ import annotations
 
+import errno as _errno
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from pyvfio import errors
@@ -184,7 +185,19 @@ class Vm(Handle):
         from pyvfio.kvm.device import Device, VfioDevice
         arg = ffi.new("struct kvm_create_device *", {
             "type": dev_type, "flags": lib.KVM_CREATE_DEVICE_TEST if test else 0})
-        self._ioctl(lib.KVM_CREATE_DEVICE, arg)
+        try:
+            self._ioctl(lib.KVM_CREATE_DEVICE, arg)
+        except errors.PyvfioError as exc:
+            if exc.errno != _errno.ENODEV:
+                raise
+            names = [n for n in dir(lib) if n.startswith("KVM_DEV_TYPE_")
+                     and getattr(lib, n) == dev_type and n != "KVM_DEV_TYPE_MAX"]
+            what = names[0] if names else f"device type {dev_type}"
+            raise errors.NotSupportedError(
+                f"this kernel's KVM has no {what}", errno=exc.errno, op="KVM_CREATE_DEVICE",
+                device=self.name, remedy="the type belongs to another architecture or to a "
+                "KVM option this kernel lacks (e.g. CONFIG_KVM_VFIO for KVM_DEV_TYPE_VFIO)"
+            ) from None
         if test:
             return None
         fd = syscalls.adopt(arg.fd, f"kvm-device type {dev_type} fd (of {self.name})")

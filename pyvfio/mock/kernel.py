@@ -100,8 +100,13 @@ class MockKernel:
         self._writers.append((os.path.abspath(prefix), writer))
 
     def install(self, f: MockFile) -> int:
-        """Give ``f`` a descriptor (a real one, so numbers are unique)."""
-        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        """Give ``f`` a descriptor (a real one, so numbers are unique).
+
+        A file with an ``open_fd()`` method supplies its own (e.g. an eventfd
+        that poll(2) sees become readable); otherwise it is a /dev/null.
+        """
+        opener = getattr(f, "open_fd", None)
+        fd = opener() if opener is not None else os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._files[fd] = f.get()
         return fd
 
@@ -210,6 +215,7 @@ class MockKernel:
 
     def write(self, fd: int, data: Any) -> int:
         with self._lock:
+            self._service()
             f = self._files.get(fd)
             if f is None:
                 ret = self._real.write(fd, data)
