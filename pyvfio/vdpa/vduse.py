@@ -328,6 +328,24 @@ class VduseDevice(Handle):
         """Serve one available chain of virtqueue ``index``; return the bytes written."""
         raise NotImplementedError
 
+    # -- config space ---------------------------------------------------------------------------
+    def set_config(self, offset: int, data: bytes) -> None:
+        """VDUSE_DEV_SET_CONFIG: change ``data`` bytes of the config space at ``offset``."""
+        self._check_open()
+        buf = ffi.new("char[]", ffi.sizeof("struct vduse_config_data") + len(data))
+        c = ffi.cast("struct vduse_config_data *", buf)
+        c.offset = offset
+        c.length = len(data)
+        ffi.memmove(c.buffer, data, len(data))
+        syscalls.ioctl(self.fd, lib.VDUSE_DEV_SET_CONFIG, c, device=self.name,
+                       remedy="offset and length must lie inside the config space")
+
+    def inject_config_irq(self) -> None:
+        """VDUSE_DEV_INJECT_CONFIG_IRQ: tell the driver the config space changed."""
+        self._check_open()
+        syscalls.ioctl(self.fd, lib.VDUSE_DEV_INJECT_CONFIG_IRQ, None, device=self.name,
+                       remedy="the driver must have set DRIVER_OK")
+
     # -- lifetime -----------------------------------------------------------------------------------
     def check(self) -> None:
         """Raise what stopped the responder thread, if anything did."""

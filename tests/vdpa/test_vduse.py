@@ -68,6 +68,12 @@ def test_vduse_blk_256_random_sectors(vdpa_env, tmp_path, backing, lab_target):
                 assert blk.status_of(BlkRequest(lib.VIRTIO_BLK_T_IN, capacity,
                                                 read_len=SECTOR_SIZE)) == lib.VIRTIO_BLK_S_IOERR
                 assert served.processed == 256 + 256 + 3
+                # a config change announced by the device reaches the config call eventfd
+                event = dev.set_config_call()
+                served.set_config(0, (capacity // 2).to_bytes(8, "little"))
+                served.inject_config_irq()
+                assert event.wait(10) == 1
+                assert int.from_bytes(dev.get_config(0, 8), "little") == capacity // 2
                 served.check()
             for s in sectors:                                   # the backing bytes hold them
                 assert served.backing_read(s * SECTOR_SIZE, SECTOR_SIZE) == data[s]
