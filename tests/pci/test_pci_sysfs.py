@@ -548,7 +548,8 @@ class TestCli:
         assert records[NIC] == {
             "address": NIC, "vendor": "8086", "device": "10d3", "subsystem_vendor": "8086",
             "subsystem_device": "a01f", "class": "020000", "revision": "03",
-            "driver": "e1000e", "driver_override": None, "iommu_group": 1, "viable": False,
+            "driver": "e1000e", "driver_override": None, "uio": None, "iommu_group": 1,
+            "viable": False,
             "blockers": [{"address": NIC, "driver": "e1000e"}], "numa_node": 0,
             "physfn": None, "sriov_numvfs": 0, "sriov_totalvfs": 0,
         }
