@@ -34,7 +34,7 @@ import select
 import struct
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional
 
 from pyvfio import errors
 from pyvfio.core import syscalls
