@@ -52,9 +52,6 @@ int pyvfio_ioctl(int fd, unsigned long request, void *arg);
 int eventfd(unsigned int initval, int flags);
 int mlock(const void *addr, size_t len);
 int munlock(const void *addr, size_t len);
-void pyvfio_smp_mb(void);
-void pyvfio_smp_rmb(void);
-void pyvfio_smp_wmb(void);
 """
 LIBC_SOURCE = """
 #include <sys/ioctl.h>
@@ -64,19 +61,6 @@ static int pyvfio_ioctl(int fd, unsigned long request, void *arg)
 {
     return ioctl(fd, request, arg);
 }
-/* CPU memory barriers between the process and another CPU that reads and
- * writes the same memory (a vhost worker thread, a VDUSE daemon, a device
- * model): the SMP barriers of the virtio spec ("weak barriers").  Python
- * stores through cffi or a memoryview are plain C loads and stores made by
- * the interpreter, which the CPU may reorder on weakly ordered machines
- * (arm64, POWER, RISC-V); calling one of these functions issues the fence
- * instruction (dmb ish, lwsync/sync, fence rw,rw), and being an opaque
- * function call it is a compiler barrier too.  On x86 only the full barrier
- * emits an instruction (mfence); the other two are compiler barriers, since
- * x86 does not reorder loads with loads or stores with stores. */
-static void pyvfio_smp_mb(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-static void pyvfio_smp_rmb(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
-static void pyvfio_smp_wmb(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 """
 
 # x86 I/O ports: ioperm(2) opens a range to the calling thread, then in/out

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import errno as _errno
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -16,7 +16,22 @@ if TYPE_CHECKING:
     from pyvfio.kvm.system import Kvm
     from pyvfio.kvm.vcpu import Vcpu
 
-__all__ = ["Vm", "MemoryRegion", "fd_of"]
+__all__ = ["Vm", "MemoryRegion", "MsiRoute", "IrqchipRoute", "fd_of"]
+
+
+class MsiRoute(NamedTuple):
+    """A GSI that KVM delivers as the MSI ``address``/``data`` (KVM_IRQ_ROUTING_MSI)."""
+    gsi: int
+    address: int
+    data: int
+
+
+class IrqchipRoute(NamedTuple):
+    """A GSI wired to ``pin`` of an in-kernel ``irqchip`` (KVM_IRQ_ROUTING_IRQCHIP;
+    x86: lib.KVM_IRQCHIP_PIC_MASTER/PIC_SLAVE/IOAPIC)."""
+    gsi: int
+    irqchip: int
+    pin: int
 
 
 class MemoryRegion(NamedTuple):
@@ -144,6 +159,41 @@ class Vm(Handle):
         """KVM_IRQ_LINE: drive GSI ``irq`` to ``level`` (0 or 1)."""
         arg = ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
         self._ioctl(lib.KVM_IRQ_LINE, arg)
+
+    def set_gsi_routing(self, routes: "Sequence[Union[MsiRoute, IrqchipRoute]]") -> None:
+        """KVM_SET_GSI_ROUTING: replace the whole GSI routing table with ``routes``.
+
+        An irqfd on an MSI route is how a VMM hands a VFIO device's MSI vector
+        to the guest without a trip through user space.
+        """
+        self._check_open()
+        n = len(routes)
+        buf = ffi.new("char[]", ffi.sizeof("struct kvm_irq_routing")
+                      + n * ffi.sizeof("struct kvm_irq_routing_entry"))
+        table = ffi.cast("struct kvm_irq_routing *", buf)
+        table.nr = n
+        for i, r in enumerate(routes):
+            e = table.entries[i]
+            e.gsi = r.gsi
+            if isinstance(r, MsiRoute):
+                e.type = lib.KVM_IRQ_ROUTING_MSI
+                e.u.msi.address_lo = r.address & 0xFFFFFFFF
+                e.u.msi.address_hi = r.address >> 32
+                e.u.msi.data = r.data
+            elif isinstance(r, IrqchipRoute):
+                e.type = lib.KVM_IRQ_ROUTING_IRQCHIP
+                e.u.irqchip.irqchip = r.irqchip
+                e.u.irqchip.pin = r.pin
+            else:
+                raise errors.InvalidArgumentError(
+                    f"route {r!r} is neither an MsiRoute nor an IrqchipRoute", device=self.name)
+        self._ioctl(lib.KVM_SET_GSI_ROUTING, table)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """KVM_SIGNAL_MSI: inject one MSI; >0 delivered, 0 blocked by the guest."""
+        msi = ffi.new("struct kvm_msi *", {"address_lo": address & 0xFFFFFFFF,
+                                           "address_hi": address >> 32, "data": data})
+        return self._ioctl(lib.KVM_SIGNAL_MSI, msi)
 
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR (x86, Intel): three pages KVM uses to run real mode without

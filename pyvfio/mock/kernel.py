@@ -215,7 +215,6 @@ class MockKernel:
 
     def write(self, fd: int, data: Any) -> int:
         with self._lock:
-            self._service()
             f = self._files.get(fd)
             if f is None:
                 ret = self._real.write(fd, data)

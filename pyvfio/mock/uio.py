@@ -350,6 +350,7 @@ class UioFile(MockFile):
             return (dev.event & 0xFFFFFFFF).to_bytes(4, "little")
         if dev.driver == "uio_pci_generic" or dev.has_msix or not dev.nvec:
             raise fail(errno.ENOSYS)               # no irqcontrol
+        dev.service()                              # stores made before the write land first
         on = int.from_bytes(data, "little", signed=True)
         m = dev.model
         cmd = m.config_read(PCI_COMMAND, 2)

@@ -14,13 +14,16 @@ from __future__ import annotations
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
+from pyvfio.core import mmio
 from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["DescChain", "DeviceSplitQueue", "DevicePackedQueue"]
 
-_smp_mb = lib.pyvfio_smp_mb
-_smp_rmb = lib.pyvfio_smp_rmb
-_smp_wmb = lib.pyvfio_smp_wmb
+# The barriers of pyvfio.core.mmio (C functions of the binding, one fence instruction each):
+# DMA-memory ordering for the ring stores and loads, the full barrier for store-then-load.
+_smp_mb = mmio.mb
+_smp_rmb = mmio.dma_rmb
+_smp_wmb = mmio.dma_wmb
 
 Translate = Callable[[int, int, bool], int]
 

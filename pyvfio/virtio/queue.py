@@ -24,25 +24,26 @@ Memory ordering
 The device reads what the driver wrote in a different order than the
 driver's program order unless the driver fences; on arm64, POWER or RISC-V
 the CPU reorders plain stores and loads.  Python gives no ordering between
-two cffi stores (each is a C store made by the interpreter, and nothing in
-CPython is a fence), so the queues call the binding's C barrier functions
-``pyvfio_smp_wmb``, ``pyvfio_smp_rmb`` and ``pyvfio_smp_mb`` (built on
-``__atomic_thread_fence``; see ``pyvfio/core/_build_uapi.py``) exactly where
-the virtio spec puts a barrier:
+two stores into the ring (each is a C store made by the interpreter, and
+nothing in CPython is a fence), so the queues call the barrier functions of
+:mod:`pyvfio.core.mmio` -- C functions of the binding, each one fence
+instruction chosen per architecture, and being opaque calls also compiler
+barriers -- exactly where the virtio spec puts a barrier:
 
-* ``wmb`` after writing descriptors and avail ring entries, before the store
-  that publishes them (``avail->idx``; a packed head descriptor's flags), so
-  the device never sees an index before the entries it covers;
-* ``rmb`` after reading ``used->idx`` (or a packed descriptor's used flag),
-  before reading the used entries it covers;
+* ``dma_wmb`` after writing descriptors and avail ring entries, before the
+  store that publishes them (``avail->idx``; a packed head descriptor's
+  flags), so the device never sees an index before the entries it covers;
+* ``dma_rmb`` after reading ``used->idx`` (or a packed descriptor's used
+  flag), before reading the used entries it covers;
 * ``mb`` between publishing and reading the device's notification
   suppression (``used->flags``, ``avail_event``, the packed device event),
   and between re-enabling interrupts and the last look at the used index:
-  a store followed by a load, the one reordering even x86 does.
+  a store followed by a load, the one reordering even x86 does (mfence).
 
-The device is a CPU sharing coherent memory, so SMP barriers (the spec's
-"weak barriers") are the right ones; DMA from a PCI device would need the
-mandatory barriers of the MMIO layer instead.
+On x86 the two DMA barriers are compiler barriers only (TSO keeps loads and
+stores in order); on arm64 they are ``dmb oshld``/``dmb oshst``, which also
+cover a device on the other side of PCIe (vDPA hardware), not just another
+CPU (vhost, VDUSE).
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 from pyvfio import errors
 from pyvfio.core.eventfd import EventFd, check_timeout
 from pyvfio.core.handle import Handle
+from pyvfio.core import mmio
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.virtio.memory import DeviceMemory, Region
 
@@ -62,9 +64,11 @@ __all__ = ["Used", "Virtqueue", "SplitQueue", "PackedQueue", "create_queue", "MA
 #: The largest queue size the spec allows (a 16-bit ring index, power of two for split rings).
 MAX_QUEUE_SIZE = 32768
 
-_smp_mb = lib.pyvfio_smp_mb
-_smp_rmb = lib.pyvfio_smp_rmb
-_smp_wmb = lib.pyvfio_smp_wmb
+# The barriers of pyvfio.core.mmio (C functions of the binding, one fence instruction each):
+# DMA-memory ordering for the ring stores and loads, the full barrier for store-then-load.
+_smp_mb = mmio.mb
+_smp_rmb = mmio.dma_rmb
+_smp_wmb = mmio.dma_wmb
 
 _F_NEXT = lib.VRING_DESC_F_NEXT
 _F_WRITE = lib.VRING_DESC_F_WRITE
@@ -526,6 +530,11 @@ class SplitQueue(Virtqueue):
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def pending_used(self) -> int:
+        """How many used buffers wait to be collected (a look at ``used->idx``, no interrupt)."""
+        self._check_open()
+        return (self._uh[1] - self._last_used) & 0xFFFF
 
     @property
     def avail_idx(self) -> int:

@@ -267,3 +267,34 @@ def test_cli_binds_to_uio_and_ls_shows_the_node(lab_target, capsys):
     finally:
         dev.unbind()
         assert dev.reprobe() == before
+
+
+def test_dma_across_a_page_boundary_with_hugetlb_memory(uio_env, lab_target):
+    """A transfer that crosses a 4 KiB boundary needs physically contiguous memory: a huge page."""
+    needs_no_iommu(lab_target)
+    if lab_target.kind == "real":
+        path = "/proc/sys/vm/nr_hugepages"
+        with open(path) as f:
+            if int(f.read()) < 2:
+                with open(path, "w") as w:
+                    w.write("2")
+    try:
+        buf = DmaBuffer(2 << 20, "hugetlb")
+    except errors.PyvfioError as exc:
+        pytest.skip(f"no 2 MiB huge page here: {exc}")
+    with buf, DmaBuffer(4096) as back, uio_env.bound("edu", "uio_pci_generic") as bdf:
+        with uio.open_uio(bdf) as dev:
+            dev.config.bus_master = True
+            bar = dev.map(0)
+            start = 4096 - 1024                                # 1 KiB before a 4 KiB boundary
+            pattern = bytes((i * 5 + 11) & 0xFF for i in range(4096))
+            buf.write(start, pattern)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", uio.UioDmaWarning)
+                src = dev.bus_address(buf, start)
+                assert dev.bus_address(buf, start + 4096 - 1) == src + 4095   # contiguous
+                dst = dev.bus_address(back)
+            _dma(dev, bar, src, EDU_BUF, 4096, to_ram=False)
+            _dma(dev, bar, EDU_BUF, dst, 4096, to_ram=True)
+            assert back.read(0, 4096) == pattern
+            dev.config.bus_master = False

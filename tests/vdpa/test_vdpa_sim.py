@@ -284,7 +284,7 @@ def test_net_identity(make_dev):
 
 
 @pytest.mark.parametrize("layout", ["split", "packed"])
-def test_net_loopback_1000_frames(make_dev, layout, lab_target):
+def test_net_loopback_1000_frames(make_dev, layout, lab_target, vdpa_env):
     require_real(lab_target)
     d = make_dev("vdpasim_net", mac=MAC)
     with VhostVdpa(d.name) as dev:
@@ -300,6 +300,17 @@ def test_net_loopback_1000_frames(make_dev, layout, lab_target):
         assert len(got) == 1000 and got == frames
         st = dev.get_status()
         assert st == ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+        cfg = vdpa_env.dev_config(d.name)                  # read while the node is open
+        assert cfg.negotiated_features == features
+        theirs = _vdpa_json("dev", "config", "show", d.name)["config"][d.name]
+        assert theirs["negotiated_features"] == cfg.iproute2()["negotiated_features"]
+        tx = vdpa_env.dev_vstats(d.name, 1)
+        rx = vdpa_env.dev_vstats(d.name, 0)
+        size = 1000 * (NET_HDR + len(frames[0]))            # the simulator counts the header
+        assert (tx.queue_index, tx.negotiated_features) == (1, features)
+        assert tx.stats == {"tx packets": 1000, "tx bytes": size, "tx errors": 0, "tx drops": 0}
+        assert rx.stats == {"rx packets": 1000, "rx bytes": size, "rx errors": 0,
+                            "rx overruns": 0, "rx drops": 0}
 
 
 def test_net_cvq_in_asid_1(make_dev, vdpa_env, lab_target):
