@@ -201,8 +201,8 @@ class ForeignApt:
         (d / "sources.list").write_text("".join(
             f"deb [signed-by={_KEYRING}] {mirror} {s} main\n" for s in _SUITES[self.suite]))
 
-    def _apt(self, *args: str, cwd: Optional[Path] = None) -> str:
-        apt_get = shutil.which("apt-get")
+    def _apt(self, *args: str, cwd: Optional[Path] = None, tool: str = "apt-get") -> str:
+        apt_get = shutil.which(tool)
         if apt_get is None:
             raise CrossError("apt-get not found: cannot fetch foreign Debian packages",
                              remedy="run on Debian or Ubuntu")
@@ -269,7 +269,7 @@ class ForeignApt:
     def candidate(self, package: str) -> Optional[str]:
         """The version apt would take for ``package`` (None: unknown)."""
         self.update()
-        out = self._apt("policy", package)
+        out = self._apt("policy", package, tool="apt-cache")
         m = re.search(r"^\s*Candidate:\s*(\S+)", out, re.M)
         return m.group(1) if m and m.group(1) != "(none)" else None
 
