@@ -125,10 +125,10 @@ def find_qemu(arch: str = "x86_64") -> str:
         or ARCH_MACHINES[arch].qemu
     path = shutil.which(name)
     if path is None:
-        pkg = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm",
-               "ppc64le": "qemu-system-ppc"}[arch]
+        pkg = {"aarch64": "qemu-system-arm", "ppc64le": "qemu-system-ppc"}.get(arch)
         raise QemuNotFoundError(f"{name} not found: the lab needs QEMU to boot its guests",
-                                remedy=f"apt-get install -t bookworm-backports {pkg}")
+                                remedy=f"apt-get install -t bookworm-backports {pkg}"
+                                if pkg else None)
     return path
 
 
