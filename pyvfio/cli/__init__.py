@@ -30,6 +30,9 @@ def reports_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every topic's subcommands registered."""
     parser = argparse.ArgumentParser(prog="pyvfio", description=__doc__.splitlines()[0])
+    # another machine's sysfs and /dev (a copy, or the mock kernel's tree); for tests
+    parser.add_argument("--sysfs", help=argparse.SUPPRESS)
+    parser.add_argument("--dev", help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="topic", metavar="COMMAND", required=True)
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
         importlib.import_module(f"{__name__}.{module}").register(subparsers)
@@ -39,4 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
+    if args.sysfs or args.dev:
+        from pyvfio.core.sysfs import host, use_host
+        with use_host(host().with_roots(sysfs=args.sysfs, dev=args.dev)):
+            return int(args.func(args))
     return int(args.func(args))

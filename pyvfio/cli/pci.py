@@ -22,10 +22,6 @@ def _hex_id(text: str) -> int:
     return value
 
 
-def _add_sysfs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)
-
-
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``ls``, ``bind`` and ``unbind``."""
     ls = subparsers.add_parser(
@@ -38,7 +34,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     ls.add_argument("--vendor", type=_hex_id, metavar="HEX", help="only this vendor ID")
     ls.add_argument("--device", type=_hex_id, metavar="HEX", help="only this device ID")
     ls.add_argument("--driver", metavar="NAME", help="only devices bound to this driver")
-    _add_sysfs(ls)
     ls.set_defaults(func=reports_errors(_ls))
 
     bind = subparsers.add_parser(
@@ -47,7 +42,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                     "it from its current driver; the driver's module is loaded if needed.")
     bind.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:01:00.0 or 01:00.0")
     bind.add_argument("--driver", default="vfio-pci", help="driver to bind (default: vfio-pci)")
-    _add_sysfs(bind)
     bind.set_defaults(func=reports_errors(_bind))
 
     unbind = subparsers.add_parser(
@@ -58,7 +52,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     unbind.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:01:00.0 or 01:00.0")
     unbind.add_argument("--reprobe", action="store_true",
                         help="clear driver_override and let the kernel pick a driver")
-    _add_sysfs(unbind)
     unbind.set_defaults(func=reports_errors(_unbind))
 
 
@@ -98,8 +91,7 @@ def device_record(dev: pci.PciDevice) -> Dict[str, Any]:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver,
-                     sysfs=args.sysfs)
+    found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver)
     if args.json:
         json.dump([device_record(d) for d in found], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -117,7 +109,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _bind(args: argparse.Namespace) -> int:
-    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    dev = pci.get(args.bdf)
     previous = dev.bind(args.driver)
     if previous == args.driver:
         print(f"{dev.name}: already bound to {args.driver}")
@@ -139,7 +131,7 @@ def _bind(args: argparse.Namespace) -> int:
 
 
 def _unbind(args: argparse.Namespace) -> int:
-    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    dev = pci.get(args.bdf)
     if args.reprobe:
         previous = dev.driver
         now = dev.reprobe()

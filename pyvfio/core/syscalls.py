@@ -14,6 +14,7 @@ so that tests (and users) can check that nothing leaked: :func:`open_fds`,
 from __future__ import annotations
 
 import contextlib
+import errno as errno_
 import mmap as _mmap
 import os
 import select
@@ -22,10 +23,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from pyvfio import errors
 
+_builtin_open = open
+
 __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
-    "open_fds", "live_mappings", "ioctl_name",
+    "open_fds", "live_mappings", "ioctl_name", "memfd_create", "ftruncate", "mlock",
+    "read_file", "write_file", "modprobe",
 ]
 
 
@@ -88,6 +92,34 @@ class Kernel:
         for fd, events in fds:
             p.register(fd, events)
         return p.poll(timeout_ms)
+
+    def memfd_create(self, name: str, flags: int) -> int:
+        return os.memfd_create(name, flags | os.MFD_CLOEXEC)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def mlock(self, addr: int, length: int) -> None:
+        if self._lib.mlock(self._ffi.cast("void *", addr), length) != 0:
+            err = self._ffi.errno
+            raise OSError(err, os.strerror(err))
+
+    def read_file(self, path: str) -> bytes:
+        with _builtin_open(path, "rb") as f:
+            return f.read()
+
+    def write_file(self, path: str, data: bytes) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            return os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def modprobe(self, module: str) -> Tuple[int, str]:
+        import subprocess  # only here: loading modules is rare and subprocess costs import time
+        proc = subprocess.run(["modprobe", module], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, check=False)
+        return proc.returncode, proc.stderr.decode(errors="replace").strip()
 
 
 _backend: Any = None
@@ -321,3 +353,66 @@ def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple
         return backend().poll(fds, ms)
     except OSError as exc:
         raise _fail(exc, "poll", None, None) from None
+
+
+def memfd_create(name: str, flags: int = 0) -> int:
+    """memfd_create(2) (close-on-exec); the fd is accounted like an opened one."""
+    try:
+        fd = backend().memfd_create(name, flags)
+    except OSError as exc:
+        raise _fail(exc, "memfd_create", f"memfd:{name}", None) from None
+    with _lock:
+        _fds[fd] = f"memfd:{name}"
+    return fd
+
+
+def ftruncate(fd: int, length: int) -> None:
+    """ftruncate(2): set the size of a file (a memfd's, before mapping it)."""
+    try:
+        backend().ftruncate(fd, length)
+    except OSError as exc:
+        raise _fail(exc, "ftruncate", _fds.get(fd, f"fd {fd}"), None) from None
+
+
+def mlock(addr: int, length: int) -> None:
+    """mlock(2): keep ``length`` bytes at user address ``addr`` resident."""
+    try:
+        backend().mlock(addr, length)
+    except OSError as exc:
+        raise _fail(exc, "mlock", None, None, dma=True) from None
+
+
+def read_file(path: str, *, device: Optional[str] = None, op: str = "read") -> bytes:
+    """The whole contents of a (sysfs, procfs) file; a missing file raises FileNotFoundError."""
+    try:
+        return backend().read_file(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _fail(exc, op, path, device) from None
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to a sysfs attribute in one write(2), as the kernel's store expects.
+
+    Errors stay plain :class:`OSError` (with the errno), for the caller to name
+    what the write meant (:func:`pyvfio.core.sysfs.write_attr`).
+    """
+    written = backend().write_file(path, bytes(data))
+    if written != len(data):
+        raise OSError(errno_.EIO, f"short write ({written} of {len(data)} bytes)")
+
+
+def modprobe(module: str) -> None:
+    """Load a kernel module with modprobe(8); :class:`ModuleMissingError` if it cannot."""
+    try:
+        code, said = backend().modprobe(module)
+    except OSError as exc:
+        raise errors.ModuleMissingError(
+            f"cannot run modprobe to load {module}: {exc.strerror}",
+            remedy=f"install kmod, or load the module by hand (`modprobe {module}`)") from None
+    if code != 0:
+        raise errors.ModuleMissingError(
+            f"cannot load kernel module {module}" + (f": {said}" if said else ""),
+            remedy=f"run as root, or install the module for the running kernel "
+                   f"(`modinfo {module}` finds it when it is installed)")
