@@ -599,7 +599,9 @@ class MockKernel:
     ``IOMMU_GET_HW_INFO`` of type NONE (``iommu_hw_info="intel_vtd"`` gives
     QEMU's VT-d registers).  For sPAPR: the 32-bit window (start, size) and
     the largest dynamic window.  The process is taken to hold CAP_SYS_RAWIO
-    and CAP_SYS_RESOURCE unless told otherwise.
+    and CAP_SYS_RESOURCE unless told otherwise.  ``spapr_platform``:
+    ``"powernv"`` (bare-metal IODA2, the default) or ``"pseries"`` (a guest of
+    QEMU's pseries machine), see :data:`pyvfio.mock.spapr.PLATFORMS`.
 
     ``/proc/self/pagemap`` opened through the mock reports the mock's own
     physical frame numbers, which is where no-IOMMU DMA goes.
@@ -613,8 +615,8 @@ class MockKernel:
                  iova_bits: int = 48, iova_pgsizes: int = 0x1000 | 0x200000 | 0x40000000,
                  msi_window: Optional[Tuple[int, int]] = (0xFEE00000, 0xFEEFFFFF),
                  dma_entry_limit: int = 65535, max_io_width: int = 8,
-                 spapr_dma32: Tuple[int, int] = (0, 0x80000000), spapr_max_window: int = 1 << 40,
-                 eeh: bool = True, cache_coherent: bool = False, cap_sys_rawio: bool = True,
+                 spapr_dma32: Optional[Tuple[int, int]] = None, spapr_max_window: int = 1 << 40,
+                 spapr_platform: str = "powernv", eeh: Optional[bool] = None, cache_coherent: bool = False, cap_sys_rawio: bool = True,
                  cap_sys_resource: bool = True, iommu_hw_info: str = "none") -> None:
         if iommu not in ("type1", "spapr", "none"):
             raise ValueError(f"iommu must be 'type1', 'spapr' or 'none', not {iommu!r}")
@@ -640,9 +642,13 @@ class MockKernel:
         self.msi_window = msi_window
         self.dma_entry_limit = dma_entry_limit
         self.max_io_width = max_io_width
-        self.spapr_dma32 = spapr_dma32
+        from pyvfio.mock.spapr import PLATFORMS
+        if spapr_platform not in PLATFORMS:
+            raise ValueError(f"spapr_platform must be one of {', '.join(PLATFORMS)}")
+        self.spapr_platform = spapr_platform
+        self.spapr_dma32 = spapr_dma32 or PLATFORMS[spapr_platform].dma32
         self.spapr_max_window = spapr_max_window
-        self.eeh = eeh
+        self.eeh = PLATFORMS[spapr_platform].eeh if eeh is None else eeh
         self.cache_coherent = cache_coherent
         self.cap_sys_rawio = cap_sys_rawio
         self.cap_sys_resource = cap_sys_resource
