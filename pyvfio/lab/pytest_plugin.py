@@ -367,7 +367,8 @@ def _run_guest(session: pytest.Session, config: GuestConfig,
             outcome.release, outcome.notes = image.kernel.release, image.notes
             models = qemu_device_models(find_qemu(config.arch))
             devices = tuple(d for d in session.config.getini("lab_devices")
-                            if d != "igb" or (d in models and config.arch != "ppc64le"))
+                            if d.split(",")[0] != "igb"
+                            or ("igb" in models and config.arch != "ppc64le"))
             options = LabOptions(kernel=config.flavour, arch=config.arch,
                                  page_kib=config.page_kib, iommu=config.iommu, devices=devices,
                                  timeout=session.config.getoption("--lab-timeout"),

@@ -14,14 +14,15 @@ on the device.
 """
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 import re
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio.mock._util import DmaFault
 
-__all__ = ["BarSpec", "PciFunction", "EduModel", "parse_bdf"]
+__all__ = ["BarSpec", "MmioAccess", "PciFunction", "EduModel", "parse_bdf"]
 
 # Config space offsets and bits (PCI Local Bus spec; the names follow pci_regs.h).
 PCI_VENDOR_ID = 0x00
@@ -84,6 +85,15 @@ def parse_bdf(bdf: str) -> Tuple[int, int, int, int]:
     return seg, bus, dev, fn
 
 
+class MmioAccess(NamedTuple):
+    """One access a PCI function saw on its BARs."""
+    op: str          # "read" or "write"
+    bar: int
+    offset: int
+    size: int        # bytes: 1, 2, 4 or 8
+    value: int
+
+
 class BarSpec(NamedTuple):
     """A memory BAR as the firmware assigned it."""
     bar: int
@@ -136,6 +146,9 @@ class PciFunction:
         self.intx_level = False
         self.host: Any = None           # the mock vfio-pci device, when bound
         self.faults: List[DmaFault] = []
+        #: the memory accesses that reached the function over the bus, in order (the last 64 Ki)
+        self.accesses: Deque[MmioAccess] = collections.deque(maxlen=1 << 16)
+        self.msi_sent = 0               # MSIs the function sent
         self._init_header()
 
     # -- construction -------------------------------------------------------------------
@@ -292,6 +305,7 @@ class PciFunction:
         """An MSI write: a memory write, so it needs bus mastering."""
         if not self.msi_enabled or not self.bus_master:
             return
+        self.msi_sent += 1
         if self.host is not None:
             self.host.msi(vector)
 
@@ -324,6 +338,19 @@ class PciFunction:
             self._fault(addr, len(data), True, "no DMA translation (device not in use)")
             return
         self.host.dma_write(addr, data)
+
+    # -- the bus side: what the host's accesses look like to the function ------------------
+
+    def bus_read(self, bar: int, offset: int, size: int) -> int:
+        """One memory read TLP of ``size`` bytes: logged in :attr:`accesses`, then decoded."""
+        value = self.mmio_read(bar, offset, size)
+        self.accesses.append(MmioAccess("read", bar, offset, size, value))
+        return value
+
+    def bus_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        """One memory write TLP of ``size`` bytes: logged in :attr:`accesses`, then decoded."""
+        self.accesses.append(MmioAccess("write", bar, offset, size, value))
+        self.mmio_write(bar, offset, size, value)
 
     # -- to implement ---------------------------------------------------------------------
 

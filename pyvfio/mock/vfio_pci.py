@@ -758,7 +758,7 @@ class VfioPciDevice:
             self.intx_unmask_from_eventfd()
         for ioev in list(self.ioeventfds):
             if ioev.efd.consume() and self._memory_enabled():
-                self.model.mmio_write(ioev.bar, ioev.pos, ioev.count,
+                self.model.bus_write(ioev.bar, ioev.pos, ioev.count,
                                       ioev.data & ((1 << (8 * ioev.count)) - 1))
 
     def intx_unmask_from_eventfd(self) -> None:
@@ -810,11 +810,11 @@ class VfioPciDevice:
         if data is None:
             out = bytearray()
             for off, width in chunks:
-                out += self.model.mmio_read(bar, off, width).to_bytes(width, "little")
+                out += self.model.bus_read(bar, off, width).to_bytes(width, "little")
             return bytes(out)
         for off, width in chunks:
             rel = off - pos
-            self.model.mmio_write(bar, off, width, int.from_bytes(data[rel:rel + width], "little"))
+            self.model.bus_write(bar, off, width, int.from_bytes(data[rel:rel + width], "little"))
         return count
 
     def mmap(self, length: int, prot: int, flags: int, offset: int) -> _mmap.mmap:

@@ -196,7 +196,8 @@ class Device:
 
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:
-        """Disable interrupts, unmap BARs, close the fd, then what was opened for it."""
+        """Disable interrupts, unmap BARs, remove DMA mappings, close the fd, then what was
+        opened for it (group before container, the IOAS with its iommufd)."""
         if self.fd is None and not self._owned:
             return
         first_error = None
@@ -209,6 +210,14 @@ class Device:
             r.close()
         self._irqs.clear()
         self._regions.clear()
+        # unmap DMA while the IOMMU still exists: detaching the container's last
+        # group drops its type1 IOMMU, and an unmap after that fails (EINVAL)
+        dma = self.dma
+        if dma is not None and not dma.closed:
+            try:
+                dma.unmap_all()
+            except errors.PyvfioError as exc:
+                first_error = first_error or exc
         if self.fd is not None:
             syscalls.close(self.fd)
             self.fd = None
