@@ -85,6 +85,9 @@ def test_overlapping_map_in_the_kernel_is_exists_error(vfio_edu):
     if vfio_edu.path == "noiommu":
         pytest.skip("no I/O address space without an IOMMU")
     with vfio_edu.open() as dev, DmaBuffer(4096) as a, DmaBuffer(4096) as b:
+        if getattr(dev.dma, "iommu_name", "").startswith("spapr"):
+            pytest.skip("sPAPR's MAP_DMA replaces a mapped TCE without EEXIST: the library's "
+                        "own overlap check is the only one (tests/vfio/test_spapr.py)")
         m = dev.dma.map(a, dma_mask_bits=28)
         dev.dma.allocator.free(m.iova)           # forget it here; the kernel still has it
         try:
