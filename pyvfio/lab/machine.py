@@ -46,7 +46,7 @@ from pyvfio.lab._host import info, interruptible, signals_blocked
 from pyvfio.lab.errors import BootError, BootTimeoutError, CommandTimeoutError, LabError, QemuNotFoundError
 
 __all__ = ["DEVICE_KINDS", "LAB_PROPERTIES", "ARCH_MACHINES", "ArchMachine", "MachineConfig", "RunResult", "find_qemu",
-           "qemu_device_models", "qemu_device_properties", "parse_device", "device_args", "kernel_cmdline", "qemu_command", "run_guest"]
+           "qemu_device_models", "qemu_device_properties", "parse_device", "lab_device_index", "device_args", "kernel_cmdline", "qemu_command", "run_guest"]
 
 #: Emulated PCI devices the lab knows (``igb`` only with a QEMU that has it).
 DEVICE_KINDS = ("edu", "nvme", "e1000e", "igb")
@@ -248,6 +248,17 @@ def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
                 word += "," + ",".join(f"{k}={v}" for k, v in merged.items())
             args += ["-device", word]
     return args
+
+
+def lab_device_index(domain: int, bus: int, slot: int) -> Optional[int]:
+    """Which of the lab's devices under test (0-based, in ``--device`` order) sits at
+    this PCI address: slot 0x10 + i on x86-64 and aarch64, alone on PHB i + 1
+    (PCI domain i + 1, slot 0) on ppc64le.  None for any other address."""
+    if domain == 0 and bus == 0 and slot >= FIRST_SLOT:
+        return slot - FIRST_SLOT
+    if domain > 0 and bus == 0 and slot == 0:
+        return domain - 1
+    return None
 
 
 def _device_word(kind: str, props: Mapping[str, str], lab: str) -> str:
