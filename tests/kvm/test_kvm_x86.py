@@ -6,6 +6,8 @@ KVM under TCG), where the plugin labels them ``real <guest release>``.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pyvfio.core.eventfd import EventFd
@@ -14,7 +16,9 @@ from pyvfio.lab import in_guest
 
 from guest16 import CODE, COUNTER, MEM_SIZE, MMIO, Asm, setup_real_mode
 
-pytestmark = pytest.mark.device
+pytestmark = [pytest.mark.device,
+              pytest.mark.skipif(os.uname().machine != "x86_64",
+                                 reason="x86 real-mode guests need an x86 KVM")]
 
 #: seconds a single KVM_RUN may take before SIGALRM ends it (nested KVM under TCG is slow)
 RUN_LIMIT = 60.0 if in_guest() else 5.0

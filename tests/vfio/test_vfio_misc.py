@@ -49,8 +49,10 @@ def test_hot_reset_of_igb_behind_a_root_port(lab_target):
             # kernel answers ENOTTY; pyvfio reports it with the ioctl and device.
             assert exc.op == "VFIO_DEVICE_PCI_HOT_RESET" and exc.device == igb.name
             pytest.xfail("the emulated root port's link does not retrain after a bus reset")
-        # the reset cleared the command register's bus-master bit
-        assert not dev.config.bus_master
+        # the kernel saves each function's config space before the bus reset and restores
+        # it after (pci_reset_bus), so the command register is as it was (seen on arm64's
+        # virt machine, whose root port retrains its link)
+        assert dev.config.bus_master
         assert dev.config.vendor_id == 0x8086
 
 
