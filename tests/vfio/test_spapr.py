@@ -11,6 +11,7 @@ already mapped, a window full) are checked before the kernel sees the call.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import errno
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.device
 EDU = (0x1234, 0x11E8)
 DDW_START = 1 << 59
 K4, K64, M2, M16 = 1 << 12, 1 << 16, 1 << 21, 1 << 24
+PAGE = mmap.PAGESIZE            # this kernel's page: 4 KiB, or 64 KiB on the 64K kernel
 #: What each platform answers (the pseries values measured in the lab's guest).
 PLATFORM = {
     "pseries": SimpleNamespace(dma32=(0, 1 << 30), pgsizes=K4 | K64 | M2 | M16, levels=1,
@@ -79,13 +81,13 @@ def spapr(request, lab_target, tmp_path):
                                   DmaBuffer(*a, **k)))
 
 
-def _raw_map(c: Container, buf: DmaBuffer, iova: int, size: int = K4) -> None:
+def _raw_map(c: Container, buf: DmaBuffer, iova: int, size: int = PAGE) -> None:
     p = argsz.new("struct vfio_iommu_type1_dma_map", vaddr=buf.vaddr, iova=iova, size=size,
                   flags=lib.VFIO_DMA_MAP_FLAG_READ | lib.VFIO_DMA_MAP_FLAG_WRITE)
     syscalls.ioctl(c.fd, lib.VFIO_IOMMU_MAP_DMA, p)
 
 
-def _raw_unmap(c: Container, iova: int, size: int = K4) -> None:
+def _raw_unmap(c: Container, iova: int, size: int = PAGE) -> None:
     p = argsz.new("struct vfio_iommu_type1_dma_unmap", iova=iova, size=size)
     syscalls.ioctl(c.fd, lib.VFIO_IOMMU_UNMAP_DMA, p)
 
@@ -120,19 +122,19 @@ def test_info_before_set_iommu_is_einval(spapr):
 @pytest.mark.parametrize("model", ["spapr", "spapr_v2"])
 def test_map_needs_enable_or_registration_and_the_library_does_it(spapr, model):
     c = spapr.container(model)
-    buf = spapr.buffer(K4)
+    buf = spapr.buffer(PAGE)
     with pytest.raises(errors.PermissionDeniedError) as exc:     # kernel: EPERM
         _raw_map(c, buf, 0x100000)
     assert exc.value.errno == errno.EPERM
     m = c.map(buf, iova=0x100000)                 # v1: ENABLE, v2: REGISTER_MEMORY first
-    assert (m.iova, m.size) == (0x100000, K4)
+    assert (m.iova, m.size) == (0x100000, PAGE)
     if model == "spapr_v2":
         with pytest.raises(errors.BusyError) as exc:             # kernel: EBUSY
-            c.register_memory(buf.vaddr, K4)
+            c.register_memory(buf.vaddr, PAGE)
         assert exc.value.errno == errno.EBUSY
     else:
         with pytest.raises(errors.NotSupportedError):            # v1 has no preregistration
-            c.register_memory(buf.vaddr, K4)
+            c.register_memory(buf.vaddr, PAGE)
     c.unmap(m)
     assert c.mappings == []
 
@@ -140,11 +142,11 @@ def test_map_needs_enable_or_registration_and_the_library_does_it(spapr, model):
 @pytest.mark.parametrize("model", ["spapr", "spapr_v2"])
 def test_map_outside_the_window(spapr, model):
     c = spapr.container(model)
-    buf = spapr.buffer(K4)
+    buf = spapr.buffer(PAGE)
     end = sum(spapr.facts.dma32)
     c.map(buf, iova=0)                            # enables / registers
     with pytest.raises(errors.NotFoundError) as exc:             # kernel: ENXIO
-        _raw_map(c, buf, end + K4)
+        _raw_map(c, buf, end + PAGE)
     assert exc.value.errno == errno.ENXIO
     with pytest.raises(errors.IovaError, match="usable"):        # the library: before the kernel
         c.map(buf, iova=end)
@@ -154,10 +156,10 @@ def test_map_outside_the_window(spapr, model):
 @pytest.mark.parametrize("model", ["spapr", "spapr_v2"])
 def test_map_over_a_mapped_iova(spapr, model):
     c = spapr.container(model)
-    a, b = spapr.buffer(K4), spapr.buffer(K4)
+    a, b = spapr.buffer(PAGE), spapr.buffer(PAGE)
     c.map(a, iova=0x200000)
     if model == "spapr_v2":
-        c.register_memory(b.vaddr, K4)
+        c.register_memory(b.vaddr, PAGE)
     _raw_map(c, b, 0x200000)          # the kernel silently replaces the TCE: no EEXIST
     _raw_map(c, a, 0x200000)          # (and back, so the library's record stays true)
     with pytest.raises(errors.IovaError, match="overlaps the mapping"):
@@ -267,10 +269,10 @@ def test_edu_dma_through_the_default_window_with_msi(spapr, spapr_edu, model):
     edu = spapr_edu(model)
     c = edu.device.dma
     assert c.iommu_name == model
-    buf = spapr.buffer(2 * K4)
+    buf = spapr.buffer(2 * PAGE)
     m = c.map(buf)                        # inside the 32-bit window, below edu's 28-bit mask
     assert m.iova + m.size <= spapr.facts.dma32[1]
-    _round_trip(edu, buf, m.iova, m.iova + K4)
+    _round_trip(edu, buf, m.iova, m.iova + PAGE)
     msi = edu.device.msi
     msi.enable()
     edu.raise_irq(0x1)
@@ -286,7 +288,7 @@ def test_edu_dma_through_a_dynamic_window(spapr, spapr_edu, lab_target, page_shi
     """A DDW at 1 << 59 with 4K, 64K or 2M TCEs.  A TCE page larger than the
     kernel's page needs memory backed by pages at least that large: hugetlbfs."""
     tce = 1 << page_shift
-    if lab_target.kind == "mock" and tce > K4:
+    if lab_target.kind == "mock" and tce > PAGE:
         pytest.skip("the mock's preregistration models base pages only (no hugetlb TCEs)")
     if lab_target.kind == "real":
         with open("/proc/sys/vm/nr_hugepages", "w") as f:
@@ -295,7 +297,7 @@ def test_edu_dma_through_a_dynamic_window(spapr, spapr_edu, lab_target, page_shi
     c = edu.device.dma
     start = c.create_window(1 << 30, page_shift=page_shift)
     assert start == DDW_START
-    buf = spapr.buffer(2 * max(tce, K4), **({"kind": "hugetlb"} if tce > K4 else {}))
+    buf = spapr.buffer(2 * max(tce, PAGE), **({"kind": "hugetlb"} if tce > PAGE else {}))
     m = c.map(buf, iova=start + 16 * tce)
     half = buf.size // 2
     _round_trip(edu, buf, m.iova, m.iova + half)
