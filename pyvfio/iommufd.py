@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.sysfs import host
 from pyvfio.core.space import DmaMapping, IoAddressSpace
 from pyvfio.core.uapi import ffi, lib
@@ -24,16 +25,17 @@ __all__ = ["IommuFd", "Ioas"]
 _U64_MAX = (1 << 64) - 1
 
 
-class IommuFd:
+class IommuFd(Handle):
     """An open ``/dev/iommu``: the container of IOAS and device objects."""
 
     def __init__(self, path: Optional[str] = None) -> None:
         self.path = path or host().dev_path("iommu")
+        self.name = self.path
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
         self.ioas_list: List["Ioas"] = []
 
     def _check_open(self) -> int:
-        if self.fd is None:
+        if self._closed or self.fd is None:
             raise errors.ClosedError(f"iommufd {self.path}")
         return self.fd
 
@@ -68,22 +70,14 @@ class IommuFd:
                 "max_pasid_log2": p.out_max_pasid_log2,
                 "data": bytes(ffi.buffer(data, min(p.data_len, 256)))}
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Release every IOAS (and its mappings), then close the fd."""
-        if self.fd is None:
-            return
         try:
             for ioas in list(self.ioas_list):
                 ioas.close()
         finally:
             syscalls.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "IommuFd":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<IommuFd {self.path} ioas={[i.id for i in self.ioas_list]}>"
@@ -172,17 +166,14 @@ class Ioas(IoAddressSpace):
                                 writable, srcmap.buffer if srcmap else None))
         return dst_iova
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Unmap everything and destroy the IOAS."""
-        if self._closed:
-            return
         try:
             if self._mappings and self.iommufd.fd is not None:
                 self.unmap_all()
             if self.iommufd.fd is not None:
                 self.iommufd.destroy(self.id)
         finally:
-            self._closed = True
             if self in self.iommufd.ioas_list:
                 self.iommufd.ioas_list.remove(self)
 

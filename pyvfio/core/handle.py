@@ -26,6 +26,7 @@ class Handle:
 
     name: str = "handle"
     _closed: bool = False
+    _closing: bool = False
 
     @property
     def closed(self) -> bool:
@@ -40,11 +41,21 @@ class Handle:
         """Free the kernel resources held (override)."""
 
     def close(self) -> None:
-        """Release everything held; closing twice is a no-op."""
-        if self._closed:
+        """Release everything held; closing twice is a no-op.
+
+        The object stays usable by its own :meth:`_release` (which may need to
+        unmap or detach first) and counts as closed once that returns.  When
+        :meth:`_release` refuses (raises), the object stays open, so the close
+        can be retried: ``_release`` must be safe to run again.
+        """
+        if self._closed or self._closing:
             return
-        self._closed = True
-        self._release()
+        self._closing = True
+        try:
+            self._release()
+            self._closed = True
+        finally:
+            self._closing = False
 
     def __enter__(self: H) -> H:
         self._check_open()

@@ -13,6 +13,8 @@ from typing import Optional
 
 from pyvfio import errors
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
+from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import ffi
 
 __all__ = ["DmaBuffer", "PAGE_SIZE", "HUGE_2M", "HUGE_1G", "round_up"]
@@ -28,7 +30,7 @@ def round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-class DmaBuffer:
+class DmaBuffer(Handle):
     """Page-aligned memory a device can read and write by DMA.
 
     ``kind`` is ``"anonymous"`` (shared anonymous pages), ``"memfd"`` (a
@@ -36,6 +38,8 @@ class DmaBuffer:
     (a memfd of huge pages of ``page_size`` 2 MiB or 1 GiB, reserved through
     /proc/sys/vm/nr_hugepages or the sysfs hugepages directory).
     """
+
+    name = "DMA buffer"
 
     def __init__(self, size: int, kind: str = "anonymous", *,
                  page_size: Optional[int] = None, name: str = "pyvfio-dma") -> None:
@@ -144,7 +148,8 @@ class DmaBuffer:
             syscalls.mlock(self.vaddr, self.size)
             self._locked = True
         vaddr = self.vaddr + offset
-        fd = syscalls.open("/proc/self/pagemap", os.O_RDONLY)
+        pagemap = host().proc_path("self", "pagemap")
+        fd = syscalls.open(pagemap, os.O_RDONLY)
         try:
             entry = int.from_bytes(syscalls.pread(fd, 8, (vaddr // PAGE_SIZE) * 8), "little")
         finally:
@@ -152,16 +157,12 @@ class DmaBuffer:
         pfn = entry & ((1 << 55) - 1)
         if not entry >> 63 or not pfn:
             raise errors.PermissionDeniedError(
-                "the kernel did not reveal the page's physical address", path="/proc/self/pagemap",
+                "the kernel did not reveal the page's physical address", path=pagemap,
                 remedy="run as root (CAP_SYS_ADMIN) to read physical frame numbers")
         return pfn * PAGE_SIZE + vaddr % PAGE_SIZE
 
     # -- lifetime -------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._mmap is None
-
-    def close(self) -> None:
+    def _release(self) -> None:
         """Remove the buffer's IOMMU mappings, then free the memory."""
         for space in list(self.spaces):
             space.unmap_buffer(self)
@@ -174,12 +175,6 @@ class DmaBuffer:
         if self.fd is not None:
             syscalls.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "DmaBuffer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"vaddr={self.vaddr:#x}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from pyvfio import errors
+from pyvfio.core.handle import Handle
 from pyvfio.core.iova import IovaAllocator
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
 
@@ -28,7 +29,7 @@ class DmaMapping(NamedTuple):
     buffer: Optional[DmaBuffer]
 
 
-class IoAddressSpace:
+class IoAddressSpace(Handle):
     """Base of the IOMMU backends: map, unmap, and release everything on close."""
 
     #: name used in messages (the device or node the space belongs to)
@@ -38,7 +39,6 @@ class IoAddressSpace:
         self._mappings: Dict[int, DmaMapping] = {}
         self._per_buffer: Dict[int, int] = {}      # id(buffer) -> its mappings here
         self._allocator: Optional[IovaAllocator] = None
-        self._closed = False
 
     # -- backend hooks --------------------------------------------------------
     def _ranges(self) -> List[Tuple[int, int]]:
@@ -187,6 +187,16 @@ class IoAddressSpace:
         if self._allocator is not None:
             self._allocator.clear()
 
+    def release_dma(self) -> None:
+        """Remove every mapping, and what the backend pinned for them, keeping the space open.
+
+        An owner calls it while the IOMMU still exists (before detaching the
+        last group from a container, for instance).
+        """
+        self._check_open()
+        if self._mappings:
+            self.unmap_all()
+
     def iova_of(self, buffer: DmaBuffer, offset: int = 0) -> int:
         """The IOVA at which ``buffer[offset]`` is mapped."""
         addr = buffer.vaddr + offset
@@ -195,15 +205,3 @@ class IoAddressSpace:
                 return m.iova + (addr - m.vaddr)
         raise errors.IovaError(f"{buffer!r} is not mapped in {self.name}")
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError

@@ -25,6 +25,7 @@ for _name in dir(lib):
 
 _IO, _MMIO, _INTR = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_INTR
 _IO_OUT = lib.KVM_EXIT_IO_OUT
+_SIZE: Dict[int, int] = {}       # register id -> bytes, for ids seen before
 
 
 class Exit:
@@ -37,17 +38,16 @@ class Exit:
     ``details``.
     """
 
-    __slots__ = ("reason", "name", "port", "size", "count", "direction", "address", "length",
-                 "is_write", "data", "details", "_vcpu")
+    # fields an exit kind does not set keep these class defaults (cheap to build)
+    port = size = count = address = length = None
+    direction: Optional[str] = None
+    is_write: Optional[bool] = None
+    data = b""
 
     def __init__(self, vcpu: "Vcpu", reason: int) -> None:
         self._vcpu = vcpu
         self.reason = reason
-        self.name = EXIT_NAMES.get(reason, f"exit {reason}")
-        self.port = self.size = self.count = self.address = self.length = None  # type: ignore
-        self.direction: Optional[str] = None
-        self.is_write: Optional[bool] = None
-        self.data = b""
+        self.name = EXIT_NAMES.get(reason) or f"exit {reason}"
         self.details: Dict[str, Any] = {}
 
     @property
@@ -101,7 +101,7 @@ class Vcpu(Handle):
         self._mmap = syscalls.mmap(fd, size, device=self.name, what="kvm_run")
         self._run = ffi.from_buffer("struct kvm_run *", self._mmap)
         self._one = ffi.new("struct kvm_one_reg *")
-        self._regbuf = ffi.new("uint8_t[256]")
+        self._regbuf = ffi.new("uint64_t[32]")       # 256 bytes: the widest ONE_REG (U2048)
         self._one.addr = int(ffi.cast("uintptr_t", self._regbuf))
         self._onereg_name = {lib.KVM_GET_ONE_REG: "KVM_GET_ONE_REG",
                              lib.KVM_SET_ONE_REG: "KVM_SET_ONE_REG"}
@@ -111,11 +111,12 @@ class Vcpu(Handle):
         return self.fd
 
     def _check_open(self) -> None:
-        if self._closed and self.vm.closed:
-            raise errors.ClosedError(f"vCPU {self.id} (its VM was closed)", device=self.name,
-                                     remedy="create the VM and its vCPUs again; a vCPU lives "
-                                            "only as long as its VM object")
-        super()._check_open()
+        if self._closed:
+            if self.vm.closed:
+                raise errors.ClosedError(f"vCPU {self.id} (its VM was closed)", device=self.name,
+                                         remedy="create the VM and its vCPUs again; a vCPU lives "
+                                                "only as long as its VM object")
+            super()._check_open()
 
     def _release(self) -> None:
         if self._run is not None:
@@ -144,7 +145,8 @@ class Vcpu(Handle):
 
         A signal interrupts the run: the exit is then ``INTR``.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         try:
             syscalls.ioctl(self.fd, lib.KVM_RUN, None, device=self.name)
         except errors.PyvfioError as exc:
@@ -244,14 +246,18 @@ class Vcpu(Handle):
 
         ``into``: a writable buffer of exactly the id's size to fill instead.
         """
-        self._check_open()
-        size = _regs.size_of(reg_id)
+        if self._closed:
+            self._check_open()
+        size = _SIZE.get(reg_id) or _regs.size_of(reg_id)
         if into is not None and len(into) != size:
             raise errors.RegisterIdError(
                 f"register {_regs.describe(reg_id)} is {size} bytes, the buffer {len(into)}",
                 device=self.name, op="KVM_GET_ONE_REG",
                 remedy="give a buffer of the size the id encodes (pyvfio.kvm.regs.size_of)")
         self._one_reg(lib.KVM_GET_ONE_REG, reg_id)
+        _SIZE[reg_id] = size
+        if size == 8 and into is None:                # the common case, without a buffer object
+            return self._regbuf[0]
         if into is not None:
             into[:] = ffi.buffer(self._regbuf, size)
             return bytes(into)
@@ -261,8 +267,9 @@ class Vcpu(Handle):
 
     def set_reg(self, reg_id: int, value: Union[int, bytes, bytearray, memoryview]) -> None:
         """KVM_SET_ONE_REG: ``value`` an int that fits the id's size, or exactly that many bytes."""
-        self._check_open()
-        size = _regs.size_of(reg_id)
+        if self._closed:
+            self._check_open()
+        size = _SIZE.get(reg_id) or _regs.size_of(reg_id)
         if isinstance(value, bool):
             raise errors.RegisterIdError(f"register value must be an int or bytes, not {value!r}",
                                          device=self.name, op="KVM_SET_ONE_REG")
@@ -271,6 +278,11 @@ class Vcpu(Handle):
                 raise errors.RegisterIdError(
                     f"{value:#x} does not fit {_regs.describe(reg_id)}", device=self.name,
                     op="KVM_SET_ONE_REG", remedy=f"give a value of 0..2**{8 * size}-1")
+            if size == 8:
+                self._regbuf[0] = value
+                self._one_reg(lib.KVM_SET_ONE_REG, reg_id)
+                _SIZE[reg_id] = size
+                return
             data = value.to_bytes(size, "little")
         else:
             data = bytes(value)
@@ -281,6 +293,7 @@ class Vcpu(Handle):
                     remedy="give exactly the size the id encodes (pyvfio.kvm.regs.size_of)")
         ffi.memmove(self._regbuf, data, size)
         self._one_reg(lib.KVM_SET_ONE_REG, reg_id)
+        _SIZE[reg_id] = size
 
     def reg_list(self) -> List[int]:
         """KVM_GET_REG_LIST: every register id this vCPU offers through ONE_REG."""

@@ -17,21 +17,23 @@ The KVM-VFIO device accepts the mock's VFIO group and device fds
 (KVM_DEV_VFIO_FILE_ADD/DEL: EINVAL for any other file, EBADF for a closed
 fd, EEXIST when added twice, ENOENT when deleting a file not added).
 
-Install it on a :class:`~pyvfio.mock.MockKernel` with :func:`register`;
-the node is ``<devroot>/kvm``.  KVM_RUN is not modelled (ENOTTY).
+Family ``kvm`` (configuration: ``kvm_arch``, the ONE_REG dialect of the
+vCPUs, None for no ``/dev/kvm``); ``kernel.kvm.enable()`` adds the node to a
+kernel made without it.  KVM_RUN is not modelled (ENOTTY).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import mmap as _mmap
 import os
 from typing import Any, Dict, List, Optional
 
 from pyvfio.core.uapi import ffi, lib
-from pyvfio.mock.kernel import MockFile
-from pyvfio.mock._util import copy_from_user, copy_to_user, fail, read_user, write_user
+from pyvfio.mock.core.family import Family, MockFile, register
+from pyvfio.mock.core.uaccess import copy_from_user, copy_to_user, fail, read_user, write_user
 
-__all__ = ["register", "MockKvmState"]
+__all__ = ["MockKvm"]
 
 KVM_MAX_PHYID = 256
 _REG_LOONGARCH = lib.KVM_REG_LOONGARCH
@@ -48,32 +50,42 @@ _CAPS = {lib.KVM_CAP_ONE_REG: 1, lib.KVM_CAP_IRQFD: 1, lib.KVM_CAP_IOEVENTFD: 1,
          lib.KVM_CAP_DEVICE_CTRL: 1}
 
 
-class MockKvmState:
+@register
+class MockKvm(Family):
     """What the mock KVM knows: its VMs, for tests to look at."""
 
-    def __init__(self, kernel: Any, arch: str) -> None:
-        self.kernel = kernel
-        self.arch = arch
+    name = "kvm"
+
+    @dataclasses.dataclass
+    class Config:
+        #: The ONE_REG dialect of the vCPUs ("loongarch"); None: no /dev/kvm.
+        kvm_arch: Optional[str] = None
+
+    def __init__(self, kernel: Any, config: "MockKvm.Config") -> None:
+        super().__init__(kernel, config)
+        self.arch: Optional[str] = None
         self.vms: List["_VmFile"] = []
 
+    def setup(self) -> None:
+        if self.config.kvm_arch is not None:
+            self.enable(self.config.kvm_arch)
 
-def register(kernel: Any, *, arch: str = "loongarch") -> MockKvmState:
-    """Add ``<devroot>/kvm`` to ``kernel``; the vCPUs speak ``arch``'s ONE_REG ("loongarch")."""
-    if arch != "loongarch":
-        raise ValueError("the mock KVM models LoongArch ONE_REG only")
-    state = MockKvmState(kernel, arch)
-    path = os.path.join(kernel.devroot, "kvm")
-    os.makedirs(kernel.devroot, exist_ok=True)
-    open(path, "a").close()
-    kernel._nodes[path] = lambda p: _KvmFile(kernel, p, state)
-    kernel.kvm = state
-    return state
+    def enable(self, arch: str = "loongarch") -> "MockKvm":
+        """Add ``<dev>/kvm``; the vCPUs speak ``arch``'s ONE_REG ("loongarch")."""
+        if arch != "loongarch":
+            raise ValueError("the mock KVM models LoongArch ONE_REG only")
+        self.arch = arch
+        path = self.kernel.host.dev_path("kvm")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "a").close()
+        self.kernel.add_node(path, lambda p: _KvmFile(self.kernel, p, self))
+        return self
 
 
 class _KvmFile(MockFile):
     kind = "kvm"
 
-    def __init__(self, kernel: Any, path: str, state: MockKvmState) -> None:
+    def __init__(self, kernel: Any, path: str, state: MockKvm) -> None:
         super().__init__(kernel, path)
         self.state = state
 
@@ -95,7 +107,7 @@ class _KvmFile(MockFile):
 class _VmFile(MockFile):
     kind = "kvm-vm"
 
-    def __init__(self, kernel: Any, path: str, state: MockKvmState) -> None:
+    def __init__(self, kernel: Any, path: str, state: MockKvm) -> None:
         super().__init__(kernel, path)
         self.state = state
         self.vcpus: Dict[int, Any] = {}

@@ -9,12 +9,12 @@ goes through.  :func:`pyvfio.vfio.open.open_device` chooses the path.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.space import IoAddressSpace
 from pyvfio.vfio.irq import Irq
 from pyvfio.vfio.region import Region
@@ -49,7 +49,7 @@ class HotResetDevice(NamedTuple):
         return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
 
 
-class Device:
+class Device(Handle):
     """An open VFIO device.
 
     ``owned`` are objects opened for this device (group, container, iommufd)
@@ -75,12 +75,8 @@ class Device:
             raise
 
     # -- state ------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self.fd is None
-
     def _check_open(self) -> int:
-        if self.fd is None:
+        if self._closed or self.fd is None:
             raise errors.ClosedError(f"VFIO device {self.name}")
         return self.fd
 
@@ -195,11 +191,9 @@ class Device:
         return Features(self)
 
     # -- lifetime --------------------------------------------------------------------
-    def close(self) -> None:
+    def _release(self) -> None:
         """Disable interrupts, unmap BARs, remove DMA mappings, close the fd, then what was
         opened for it (group before container, the IOAS with its iommufd)."""
-        if self.fd is None and not self._owned:
-            return
         first_error = None
         for q in list(self._irqs.values()):
             try:
@@ -211,11 +205,12 @@ class Device:
         self._irqs.clear()
         self._regions.clear()
         # unmap DMA while the IOMMU still exists: detaching the container's last
-        # group drops its type1 IOMMU, and an unmap after that fails (EINVAL)
+        # group drops its IOMMU, and an unmap (or sPAPR unregister) after that
+        # fails with EINVAL
         dma = self.dma
         if dma is not None and not dma.closed:
             try:
-                dma.unmap_all()
+                dma.release_dma()
             except errors.PyvfioError as exc:
                 first_error = first_error or exc
         if self.fd is not None:
@@ -229,16 +224,6 @@ class Device:
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
-
-    def __enter__(self) -> "Device":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.close()
-        except errors.PyvfioError:
-            if exc_type is None:      # never hide the error that ended the block
-                raise
 
     def __repr__(self) -> str:
         return f"<Device {self.name}{' closed' if self.fd is None else ''} dma={self.dma!r}>"

@@ -12,13 +12,14 @@ from typing import Optional, Union
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Group"]
 
 
-class Group:
+class Group(Handle):
     """An open VFIO group node.
 
     ``group`` is the group number, ``"noiommu-N"``, or a path to the node.
@@ -38,7 +39,7 @@ class Group:
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
 
     def _check_open(self) -> int:
-        if self.fd is None:
+        if self._closed or self.fd is None:
             raise errors.ClosedError(f"VFIO group {self.path}")
         return self.fd
 
@@ -97,21 +98,13 @@ class Group:
         dfd = syscalls.ioctl(fd, lib.VFIO_GROUP_GET_DEVICE_FD, cname, device=name)
         return syscalls.adopt(dfd, f"{self.path}:{name}")
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Detach from the container and close the group node."""
-        if self.fd is None:
-            return
         try:
             self.unset_container()
         finally:
             syscalls.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "Group":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Group {self.path}{' closed' if self.fd is None else ''}>"

@@ -60,7 +60,5 @@ def mock_kvm(request, tmp_path):
     """The mock kernel with a LoongArch-speaking /dev/kvm, as the current host."""
     label(request, "mock")
     from pyvfio.mock import mock_kernel
-    from pyvfio.mock import kvm as mock_kvm_mod
-    with mock_kernel(tmp_path) as mock:       # installed: syscalls and the host roots
-        mock_kvm_mod.register(mock)
+    with mock_kernel(tmp_path, kvm_arch="loongarch") as mock:   # installed: syscalls and host
         yield mock

@@ -31,8 +31,7 @@ def kvm_for(request, vfio_edu):
         with Kvm() as kvm:
             yield kvm
         return
-    from pyvfio.mock import kvm as mock_kvm
-    mock_kvm.register(vfio_edu.mock)       # vfio_edu installed the mock as syscalls and host
+    vfio_edu.mock.kvm.enable()             # vfio_edu installed the mock as syscalls and host
     label(request, "mock")
     with Kvm() as kvm:
         yield kvm
@@ -50,7 +49,7 @@ def test_file_add_del_group_or_cdev(vfio_edu, kvm_for):
         file = dev if vfio_edu.path == "iommufd" else dev.group
         kvfio.file_add(file)
         assert list(kvfio.files.values()) == [file]
-        with pytest.raises(errors.BusyError, match="already added") as e:
+        with pytest.raises(errors.ExistsError, match="already added") as e:
             kvfio.file_add(file)
         assert e.value.errno == errno.EEXIST
         kvfio.file_del(file)

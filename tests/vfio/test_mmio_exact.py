@@ -35,7 +35,7 @@ def edu(vfio_edu):
 
 
 def _model(vfio_edu):
-    return vfio_edu.mock.models[0] if vfio_edu.target.kind == "mock" else None
+    return vfio_edu.mock.pci.models[0] if vfio_edu.target.kind == "mock" else None
 
 
 def _collect(irq, expected: int, settle: float = 0.3) -> int:

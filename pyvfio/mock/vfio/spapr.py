@@ -15,7 +15,7 @@ a dynamic window at 1 << 59; TCE page sizes 4K/64K/2M/1G; up to 5 levels):
 - The default window is created lazily at the first MAP/UNMAP/CREATE, its
   table memory accounted then.
 
-The platform (:data:`PLATFORMS`, ``MockKernel(spapr_platform=...)``) sets what
+The platform (:data:`pyvfio.mock.iommu.SPAPR_PLATFORMS`, ``MockKernel(spapr_platform=...)``) sets what
 GET_INFO reports and CREATE accepts.  ``"pseries"`` is what Linux 6.12 says as
 a guest of QEMU 10's ``pseries`` machine (measured in the lab's ppc64le guest):
 a 1 GiB 32-bit window, TCE page sizes 4K/64K/2M/16M, one level, and no EEH for
@@ -24,41 +24,23 @@ emulated devices.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from pyvfio.core.uapi import lib
-from pyvfio.mock._util import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_args, copy_from_user,
+from pyvfio.mock.core.uaccess import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_args, copy_from_user,
                     copy_to_user, fail, field_end, user_range_ok)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyvfio.mock.kernel import Group, MockKernel
+    from pyvfio.mock.vfio.subsystem import Group
+    from pyvfio.mock.core.family import KernelState as MockKernel
 
-__all__ = ["SpaprTceIommu", "MmIommuRegion", "DDW_BASE", "MAX_TABLES", "MAX_LEVELS", "TCE_PGSIZES",
-           "SpaprPlatform", "PLATFORMS"]
+__all__ = ["SpaprTceIommu", "MmIommuRegion", "DDW_BASE", "MAX_TABLES", "MAX_LEVELS", "TCE_PGSIZES"]
 
 MAX_TABLES = 2                  # IOMMU_TABLE_GROUP_MAX_TABLES
 MAX_LEVELS = 5                  # POWERNV_IOMMU_MAX_LEVELS
 DDW_BASE = 1 << 59              # IODA2 tce_bypass_base: where the second window starts
 TCE_PGSIZES = (1 << 12) | (1 << 16) | (1 << 21) | (1 << 30)
 
-
-class SpaprPlatform(NamedTuple):
-    """What one POWER platform's table group offers to VFIO."""
-    dma32: Tuple[int, int]          # default window (start, size)
-    pgsizes: int                    # TCE page sizes of dynamic windows
-    levels: int                     # most TCE table levels
-    eeh: bool                       # VFIO_EEH offered
-    # window 0 is remade by ibm,reset-pe-dma-window, refused while a dynamic window exists
-    default_window_needs_no_ddw: bool = False
-
-
-PLATFORMS = {
-    "powernv": SpaprPlatform((0, 0x80000000), TCE_PGSIZES, MAX_LEVELS, True),
-    # QEMU's pseries: ibm,query-pe-dma-window page sizes, a single level, and EEH only
-    # for PHBs holding passed-through host devices
-    "pseries": SpaprPlatform((0, 0x40000000), (1 << 12) | (1 << 16) | (1 << 21) | (1 << 24),
-                             1, False, True),
-}
 DMA_TO_DEVICE = 1               # the device may read
 DMA_FROM_DEVICE = 2             # the device may write
 DMA_BIDIRECTIONAL = 3
@@ -132,7 +114,7 @@ class SpaprTceIommu:
         if arg in (lib.VFIO_SPAPR_TCE_IOMMU, lib.VFIO_SPAPR_TCE_v2_IOMMU):
             return 1
         if arg == lib.VFIO_EEH:
-            return 1 if kernel.eeh else 0
+            return 1 if kernel.iommu.eeh else 0
         return 0
 
     # -- groups ---------------------------------------------------------------------------
@@ -180,32 +162,32 @@ class SpaprTceIommu:
             num = self.tables.index(None)
         except ValueError:
             raise fail(errno.ENOSPC) from None
-        platform = PLATFORMS[self.kernel.spapr_platform]
+        platform = self.kernel.iommu.spapr_platform
         if page_shift >= 64 or not platform.pgsizes & (1 << page_shift):
             raise fail(errno.EINVAL)
         if not levels or levels > platform.levels:
             raise fail(errno.EINVAL)
         if (window_size & (window_size - 1) or window_size < (1 << page_shift)
-                or window_size > self.kernel.spapr_max_window):
+                or window_size > self.kernel.iommu.spapr_max_window):
             raise fail(errno.EINVAL)
         if num == 0 and platform.default_window_needs_no_ddw and any(self.tables[1:]):
             raise fail(errno.EPERM)
-        bus_offset = DDW_BASE if num else self.kernel.spapr_dma32[0]
+        bus_offset = DDW_BASE if num else self.kernel.iommu.spapr_dma32[0]
         tbl = _Table(num, page_shift, bus_offset, window_size, levels)
-        self.kernel.accounting.charge(tbl.pages, "mm")
+        self.kernel.process.accounting.charge(tbl.pages, "mm")
         self.tables[num] = tbl
         return tbl.start
 
     def _free_table(self, tbl: _Table) -> None:
         self._clear(tbl, tbl.offset, tbl.size)
-        self.kernel.accounting.uncharge(tbl.pages, "mm")
+        self.kernel.process.accounting.uncharge(tbl.pages, "mm")
 
     def _create_default_window(self) -> None:
         if not self.def_window_pending:
             return
         if not self.groups:
             raise fail(errno.ENODEV)
-        self._create_window(12, self.kernel.spapr_dma32[1], 1)
+        self._create_window(12, self.kernel.iommu.spapr_dma32[1], 1)
         self.def_window_pending = False
 
     def _clear(self, tbl: _Table, entry: int, pages: int) -> None:
@@ -223,11 +205,11 @@ class SpaprTceIommu:
             raise fail(errno.EBUSY)
         if not self.groups:
             raise fail(errno.ENODEV)
-        size = self.kernel.spapr_dma32[1]
+        size = self.kernel.iommu.spapr_dma32[1]
         if not size:
             raise fail(errno.EPERM)
         pages = size >> PAGE_SHIFT
-        self.kernel.accounting.charge(pages, "mm")
+        self.kernel.process.accounting.charge(pages, "mm")
         self.locked_pages = pages
         self.enabled = True
         return 0
@@ -236,11 +218,11 @@ class SpaprTceIommu:
         if not self.enabled:
             return
         self.enabled = False
-        self.kernel.accounting.uncharge(self.locked_pages, "mm")
+        self.kernel.process.accounting.uncharge(self.locked_pages, "mm")
         self.locked_pages = 0
 
     def _mm_get(self, ua: int, entries: int) -> Optional[MmIommuRegion]:
-        for mem in self.kernel.spapr_mm:
+        for mem in self.kernel.vfio.spapr_mm:
             if mem.ua == ua and mem.entries == entries:
                 mem.used += 1
                 return mem
@@ -256,8 +238,8 @@ class SpaprTceIommu:
             mem.used += 1
             return -errno.EBUSY
         mem.mapped = 0
-        self.kernel.spapr_mm.remove(mem)
-        self.kernel.accounting.uncharge(mem.entries, "mm")
+        self.kernel.vfio.spapr_mm.remove(mem)
+        self.kernel.process.accounting.uncharge(mem.entries, "mm")
         return 0
 
     def _register(self, vaddr: int, size: int) -> int:
@@ -270,16 +252,16 @@ class SpaprTceIommu:
                 self._mm_put(mem)
                 raise fail(errno.EBUSY)
         else:
-            self.kernel.accounting.charge(entries, "mm")
+            self.kernel.process.accounting.charge(entries, "mm")
             if not user_range_ok(vaddr, size, write=True):
-                self.kernel.accounting.uncharge(entries, "mm")
+                self.kernel.process.accounting.uncharge(entries, "mm")
                 raise fail(errno.EFAULT)
-            for other in self.kernel.spapr_mm:
+            for other in self.kernel.vfio.spapr_mm:
                 if other.ua < vaddr + size and vaddr < other.ua + other.size:
-                    self.kernel.accounting.uncharge(entries, "mm")
+                    self.kernel.process.accounting.uncharge(entries, "mm")
                     raise fail(errno.EINVAL)
             mem = MmIommuRegion(vaddr, entries)
-            self.kernel.spapr_mm.insert(0, mem)
+            self.kernel.vfio.spapr_mm.insert(0, mem)
         self.prereg.append(mem)
         self.enabled = True
         return 0
@@ -336,7 +318,7 @@ class SpaprTceIommu:
                 ua = m.vaddr + (i << tbl.page_shift)
                 mem = None
                 if self.v2:
-                    mem = next((r for r in self.kernel.spapr_mm if r.contains(ua, pgsize)), None)
+                    mem = next((r for r in self.kernel.vfio.spapr_mm if r.contains(ua, pgsize)), None)
                     if mem is None or tbl.page_shift > mem.pageshift:
                         raise fail(errno.EINVAL)
                 else:
@@ -450,7 +432,7 @@ class SpaprTceIommu:
         ctype = "struct vfio_iommu_spapr_tce_info"
         minsz = field_end(ctype, "dma32_window_size")
         info = copy_args(addr, ctype, "dma32_window_size")
-        start, size = self.kernel.spapr_dma32
+        start, size = self.kernel.iommu.spapr_dma32
         info.dma32_window_start = start
         info.dma32_window_size = size
         info.flags = 0
@@ -459,7 +441,7 @@ class SpaprTceIommu:
         info.ddw.levels = 0
         if self.v2:
             info.flags |= lib.VFIO_IOMMU_SPAPR_INFO_DDW
-            platform = PLATFORMS[self.kernel.spapr_platform]
+            platform = self.kernel.iommu.spapr_platform
             info.ddw.pgsizes = platform.pgsizes
             info.ddw.max_dynamic_windows_supported = MAX_TABLES
             info.ddw.levels = platform.levels
