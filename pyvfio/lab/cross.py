@@ -39,6 +39,8 @@ __all__ = ["Arch", "ARCHES", "arch", "host_arch", "CrossError", "ForeignApt", "u
 #: The project's own headers (``uio_msi.h``), next to the package.
 PROJECT_HEADERS = Path(__file__).resolve().parents[2] / "kernel_headers"
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "core" / "_build_uapi.py"
+#: ``pyvfio.core._mmio``'s source and the header it shares with the binding.
+MMIO_SOURCES = (BUILD_SCRIPT.with_name("_mmio.c"), BUILD_SCRIPT.with_name("mmio_access.h"))
 #: What a target's Python userland holds (their dependencies come along).
 USERLAND_PACKAGES = ("python3", "python3-cffi-backend", "python3-pytest", "python3-pyroute2",
                      "libpython3-dev", "dash", "busybox-static")
@@ -468,6 +470,7 @@ def build_binding(target: Arch, land: Optional[Userland] = None) -> Path:
     parts = [BUILD_SCRIPT.read_bytes(), " ".join(cc).encode(), suffix.encode(),
              " ".join(pyinc).encode(), _libc_dev_version().encode(), cffi.__version__.encode()]
     parts += [p.read_bytes() for p in sorted(PROJECT_HEADERS.glob("*.h"))]
+    parts += [p.read_bytes() for p in MMIO_SOURCES if p.exists()]
     out = cache_dir() / "binding" / f"{target.name}-{digest(*parts)}"
     so = out / f"_uapi{suffix}"
     if so.exists():
@@ -482,18 +485,32 @@ def build_binding(target: Arch, land: Optional[Userland] = None) -> Path:
             if proc.returncode:
                 raise CrossError(f"building the binding for {target.name} failed:\n"
                                  + proc.stderr[-3000:])
+            if land is not None and MMIO_SOURCES[0].exists():
+                _build_mmio(cc, pyinc, out / f"_mmio{suffix}")
     return so
 
 
+def _build_mmio(cc: Sequence[str], pyinc: Sequence[str], dest: Path) -> None:
+    """``pyvfio.core._mmio`` (the CPython MMIO accessors) for the target, next to ``_uapi``."""
+    src = MMIO_SOURCES[0]
+    args = [*cc, "-shared", "-fPIC", "-O2", "-w", *(f"-I{d}" for d in pyinc),
+            f"-I{src.parent}", str(src), "-o", str(dest)]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode:
+        raise CrossError(f"building pyvfio.core._mmio failed:\n{proc.stderr[-3000:]}")
+
+
 def install_binding(so: Path, package_dir: Path) -> Path:
-    """Copy a cross-built extension into ``package_dir`` (``pyvfio/core``) under its
-    own suffix, next to the host's; only when it changed."""
-    dest = package_dir / so.name
-    if not dest.exists() or dest.read_bytes() != so.read_bytes():
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(so, tmp)
-        tmp.replace(dest)
-    return dest
+    """Copy a cross-built extension (and the ``_mmio`` one built with it) into
+    ``package_dir`` (``pyvfio/core``) under its own suffix, next to the host's;
+    only when it changed."""
+    for built in [so, *so.parent.glob("_mmio*.so")]:
+        dest = package_dir / built.name
+        if not dest.exists() or dest.read_bytes() != built.read_bytes():
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.copyfile(built, tmp)
+            tmp.replace(dest)
+    return package_dir / so.name
 
 
 # --------------------------------------------------------------------------- qemu-user
