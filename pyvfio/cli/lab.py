@@ -88,8 +88,16 @@ def _guest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", choices=("stock", "full"), default="stock",
                         help="Debian's 6.12 kernel, or the lab's all-built-in one "
                              "(IOMMUFD, VFIO cdev/no-IOMMU, vdpa_sim, mtty; default: stock)")
+    parser.add_argument("--arch", choices=("x86_64", "aarch64", "ppc64le"), default="x86_64",
+                        help="the guest's architecture (default: x86_64). aarch64: virt "
+                             "with EL2 (nested KVM), GICv3, SMMUv3; ppc64le: pseries, one "
+                             "PCI host bridge (IOMMU group) per device; both boot Debian's "
+                             "6.12 kernel of that architecture under TCG")
+    parser.add_argument("--pages", choices=("4k", "64k"), default="4k",
+                        help="guest kernel page size (64k: ppc64le's 64K-page kernel)")
     parser.add_argument("--iommu", choices=("on", "off"), default="on",
-                        help="emulated Intel IOMMU (default: on)")
+                        help="emulated IOMMU: Intel's on x86_64, SMMUv3 on aarch64; "
+                             "ppc64le always has its TCE tables (default: on)")
     parser.add_argument("--device", action="append", dest="devices",
                         metavar="KIND[,PROP=VALUE...]",
                         help=f"emulated PCI device, repeatable: {', '.join(DEVICE_KINDS)} "
@@ -124,7 +132,8 @@ def _guest_options(parser: argparse.ArgumentParser) -> None:
 
 def _options(args: argparse.Namespace, devices: Tuple[str, ...]) -> LabOptions:
     from pyvfio.lab.runner import LabOptions
-    return LabOptions(kernel=args.kernel, iommu=args.iommu == "on", devices=devices,
+    return LabOptions(kernel=args.kernel, arch=args.arch, page_kib=int(args.pages[:-1]),
+                      iommu=args.iommu == "on", devices=devices,
                       mem_mb=args.mem, cpus=args.cpus, accel=args.accel, timeout=args.timeout,
                       boot_timeout=args.boot_timeout, rw_dirs=tuple(args.rw),
                       env=tuple(args.env), append=tuple(args.append),

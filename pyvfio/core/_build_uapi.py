@@ -17,6 +17,30 @@ headers the compiler can find, the builder
 
 Run as a script (``python -m pyvfio.core._build_uapi``) it builds in place; pip and
 setuptools call it through ``cffi_modules`` in ``pyproject.toml``/``setup.py``.
+
+Cross-building for another architecture
+---------------------------------------
+The same generator builds the binding for any target.  Each setting is an
+environment variable or, run as a script, the option named after it:
+
+``PYVFIO_UAPI_CC`` (``--cc``)
+    the target's C compiler with any flags (default ``$CC``, else ``cc``),
+    e.g. ``aarch64-linux-gnu-gcc``.
+``PYVFIO_UAPI_INCLUDE`` (``--uapi-include``)
+    directories (``:``-separated) holding the uAPI headers to build from
+    (``linux/``, ``asm/``, ``asm-generic/``, ...).  They are searched before
+    the compiler's own, so a cross compiler does not mix the headers of its
+    own ``linux-libc-dev-*-cross`` with these.
+``PYVFIO_UAPI_PYTHON_INCLUDE`` (``--python-include``)
+    the target Python's include directories (``Python.h``, ``pyconfig.h``).
+``PYVFIO_UAPI_EXT_SUFFIX`` (``--ext-suffix``)
+    the target's extension suffix, e.g. ``.cpython-311-aarch64-linux-gnu.so``.
+
+``python pyvfio/core/_build_uapi.py --cc aarch64-linux-gnu-gcc --uapi-include
+DIR --python-include DIR --ext-suffix .cpython-311-aarch64-linux-gnu.so
+--outdir OUT`` writes ``OUT/_uapi.cpython-311-aarch64-linux-gnu.so``.
+Structs that the covered headers embed from other uAPI headers (arm64's
+``kvm_regs`` holds ``asm/ptrace.h``'s ``user_pt_regs``) are declared too.
 """
 from __future__ import annotations
 
@@ -149,7 +173,13 @@ _IOCTL_BODY = re.compile(r"\b_IO(?:R|W|WR)?(?:_BAD)?\s*\(")
 
 
 def cc() -> List[str]:
-    return (os.environ.get("CC") or "cc").split()
+    """The compiler command: ``$PYVFIO_UAPI_CC``, else ``$CC``, else ``cc``."""
+    return (os.environ.get("PYVFIO_UAPI_CC") or os.environ.get("CC") or "cc").split()
+
+
+def uapi_dirs() -> List[str]:
+    """The explicit uAPI include directories (``$PYVFIO_UAPI_INCLUDE``), if any."""
+    return [d for d in os.environ.get("PYVFIO_UAPI_INCLUDE", "").split(":") if d]
 
 
 def _run(args: Sequence[str], src: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -166,7 +196,10 @@ def _run(args: Sequence[str], src: str, ok: bool = True) -> subprocess.Completed
 
 
 def include_args() -> List[str]:
-    return ["-I", PROJECT_HEADERS]
+    args = ["-I", PROJECT_HEADERS]
+    for d in uapi_dirs():
+        args += ["-isystem", d]
+    return args
 
 
 def present_families() -> Dict[str, Tuple[str, ...]]:
@@ -194,6 +227,7 @@ class Header:
         self.defines: Dict[str, Tuple[str, str]] = {}   # name -> (body, header)
         self.code: Dict[str, List[str]] = {}            # header -> code lines
         self.external_typedefs: Set[str] = set()
+        self.external_code: Dict[str, List[str]] = {}   # other header -> code lines
 
 
 def preprocess(families: Dict[str, Tuple[str, ...]]) -> Header:
@@ -217,15 +251,21 @@ def preprocess(families: Dict[str, Tuple[str, ...]]) -> Header:
     # pass 2: declarations, decorations stripped, split by header
     out = _run(["-E", *STRIP_DEFINES, *include_args(), "-o", "/dev/stdout"], unit).stdout
     cur = None
+    path = ""
     other: List[str] = []
     for line in out.splitlines():
         m = _MARKER.match(line)
         if m:
-            cur = _covers(m.group(2), headers)
+            path = m.group(2)
+            cur = _covers(path, headers)
             continue
         if line.startswith("#"):
             continue
-        (info.code.setdefault(cur, []) if cur else other).append(line)
+        if cur:
+            info.code.setdefault(cur, []).append(line)
+        else:
+            other.append(line)
+            info.external_code.setdefault(path, []).append(line)
     info.external_typedefs = _typedef_names("\n".join(other))
     return info
 
@@ -273,13 +313,64 @@ class CdefWriter:
         local_typedefs = set()
         for lines in self.info.code.values():
             local_typedefs |= _typedef_names("\n".join(lines))
-        outside = sorted(self.info.external_typedefs - local_typedefs)
+        outside = sorted((self.info.external_typedefs | _INT128) - local_typedefs)
         prelude = "".join(f"typedef int {n};\n" for n in outside)
         parser = CParser()
         for header, lines in self.info.code.items():
             ast = parser.parse(prelude + "\n".join(lines), filename=header)
             for ext in ast.ext[len(outside):]:
                 self._top(ext, header)
+        self._resolve_external()
+
+    def _resolve_external(self) -> None:
+        """Define the structs and unions that the covered declarations use but
+        other headers define (arm64's ``kvm_regs`` embeds ``asm/ptrace.h``'s
+        ``user_pt_regs``): by value they could not stay opaque.  Repeats until
+        every aggregate those bring in is defined too."""
+        from pycparser import CParser, c_ast
+        found: Optional[Dict[str, object]] = None
+        while True:
+            wanted = {}
+            for key, text in [*self.structs.items(), *self.synthetic.items(),
+                              *self.typedefs.items()]:
+                for ref in re.findall(r"\b(?:struct|union) \w+", text):
+                    if ref not in self.structs:
+                        wanted.setdefault(ref, self.struct_family.get(key))
+            if found is None:
+                found = {}
+                if wanted:
+                    for path, lines in self.info.external_code.items():
+                        code = "\n".join(lines)
+                        if not re.search(r"\b(?:struct|union)\s+\w+\s*\{", code):
+                            continue
+                        own = _typedef_names(code)
+                        names = sorted((self.info.external_typedefs | _INT128) - own)
+                        prelude = "".join(f"typedef int {n};\n" for n in names)
+                        try:
+                            ast = CParser().parse(prelude + code, filename=path)
+                        except Exception:        # libc or compiler-specific syntax
+                            continue
+                        for node in ast.ext[len(names):]:
+                            self._external_aggregates(node.type if hasattr(node, "type")
+                                                      else None, found, c_ast)
+            new = [k for k in wanted if k in found]
+            if not new:
+                return
+            for key in new:
+                t = found[key]
+                family = wanted[key] or "kvm"
+                self.structs[key] = self._struct_body(t, key, key) + ";"
+                self.struct_family[key] = family
+
+    def _external_aggregates(self, t, found: Dict[str, object], a) -> None:
+        while isinstance(t, (a.TypeDecl, a.PtrDecl, a.ArrayDecl)):
+            t = t.type
+        if isinstance(t, (a.Struct, a.Union)) and t.decls is not None:
+            for d in t.decls:
+                self._external_aggregates(d.type, found, a)
+            if t.name:
+                kind = "struct" if isinstance(t, a.Struct) else "union"
+                found.setdefault(f"{kind} {t.name}", t)
 
     def _top(self, node, header: str) -> None:
         a = self.c_ast
@@ -447,6 +538,8 @@ class CdefWriter:
     def _base(self, t) -> str:
         a = self.c_ast
         if isinstance(t, a.IdentifierType):
+            if _INT128 & set(t.names):
+                raise _Skip("128-bit integer (cffi has no such type; the layout stays right)")
             text = " ".join(t.names)
             if len(t.names) == 1 and t.names[0] in self.info.external_typedefs:
                 self.used_types.add(t.names[0])
@@ -473,6 +566,10 @@ class CdefWriter:
 
 class _Skip(Exception):
     pass
+
+
+# GCC's 128-bit integer types (arm64's user_fpsimd_state.vregs): parsed, never declared
+_INT128 = {"__uint128_t", "__int128_t"}
 
 
 # ---------------------------------------------------------------------------
@@ -623,12 +720,68 @@ def make_builder():
     ffibuilder.set_source("pyvfio.core._uapi",
                           includes + LIBC_SOURCE + mmio_source() + PORTIO_SOURCE + meta_src,
                           include_dirs=[PROJECT_HEADERS],
-                          extra_compile_args=["-w"])
+                          extra_compile_args=["-w", *(f"-isystem{d}" for d in uapi_dirs())])
     return ffibuilder
 
 
-if __name__ == "__main__":
-    if "--cdef" in sys.argv:
+def python_include_dirs() -> List[str]:
+    """The target Python's include directories (``$PYVFIO_UAPI_PYTHON_INCLUDE``)."""
+    return [d for d in os.environ.get("PYVFIO_UAPI_PYTHON_INCLUDE", "").split(":") if d]
+
+
+def cross_build(outdir: str, ext_suffix: Optional[str] = None) -> str:
+    """Build the extension for the target the settings describe; return its path.
+
+    cffi writes the C source; the target's compiler (:func:`cc`) compiles it
+    against the target Python's headers into ``outdir/_uapi<ext_suffix>``.
+    """
+    suffix = ext_suffix or os.environ.get("PYVFIO_UAPI_EXT_SUFFIX")
+    pyinc = python_include_dirs()
+    if not suffix or not pyinc:
+        raise RuntimeError("a cross build needs the target's extension suffix "
+                           "(PYVFIO_UAPI_EXT_SUFFIX) and Python include directories "
+                           "(PYVFIO_UAPI_PYTHON_INCLUDE)")
+    os.makedirs(outdir, exist_ok=True)
+    out = os.path.join(outdir, "_uapi" + suffix)
+    with tempfile.TemporaryDirectory() as tmp:
+        c_file = os.path.join(tmp, "_uapi.c")
+        make_builder().emit_c_code(c_file)
+        args = [*cc(), "-shared", "-fPIC", "-O2", "-w", *(f"-I{d}" for d in pyinc),
+                *include_args(), c_file, "-o", out + ".tmp"]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    os.replace(out + ".tmp", out)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(description="build pyvfio's uAPI binding (natively, or for "
+                                            "another architecture with the options below)")
+    p.add_argument("--cdef", action="store_true", help="print the generated cdef and stop")
+    p.add_argument("--cc", help="the target's C compiler command (PYVFIO_UAPI_CC)")
+    p.add_argument("--uapi-include", help="uAPI include directories, ':'-separated "
+                                          "(PYVFIO_UAPI_INCLUDE)")
+    p.add_argument("--python-include", help="the target Python's include directories "
+                                            "(PYVFIO_UAPI_PYTHON_INCLUDE)")
+    p.add_argument("--ext-suffix", help="the target's extension suffix (PYVFIO_UAPI_EXT_SUFFIX)")
+    p.add_argument("--outdir", help="where a cross build writes _uapi<suffix> "
+                                    "(default: this package's directory)")
+    args = p.parse_args(argv)
+    for opt, env in (("cc", "PYVFIO_UAPI_CC"), ("uapi_include", "PYVFIO_UAPI_INCLUDE"),
+                     ("python_include", "PYVFIO_UAPI_PYTHON_INCLUDE"),
+                     ("ext_suffix", "PYVFIO_UAPI_EXT_SUFFIX")):
+        if getattr(args, opt):
+            os.environ[env] = getattr(args, opt)
+    if args.cdef:
         print(build_cdef()[0])
+    elif os.environ.get("PYVFIO_UAPI_EXT_SUFFIX") or os.environ.get("PYVFIO_UAPI_PYTHON_INCLUDE"):
+        print(cross_build(args.outdir or HERE))
     else:
         make_builder().compile(tmpdir=os.path.dirname(os.path.dirname(HERE)), verbose=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -104,6 +104,13 @@ class IoAddressSpace(Handle):
             vaddr = buffer.vaddr + offset
         if vaddr is None or not size:
             raise errors.InvalidArgumentError("map() needs a DmaBuffer, or vaddr and size")
+        granule = self._pgsize()
+        if vaddr % granule or size % granule:
+            raise errors.InvalidArgumentError(
+                f"{size:#x} bytes at {vaddr:#x} are not whole {granule:#x}-byte pages",
+                device=self.name,
+                remedy=f"map whole pages of {granule:#x} bytes (this system's page size is "
+                       f"{PAGE_SIZE:#x}: use mmap.PAGESIZE rather than 4096)")
         alloc = self.allocator
         if iova is None:
             iova = alloc.alloc(size, page_size=buffer.page_size if buffer is not None else None,

@@ -15,13 +15,21 @@ Register map of BAR0 (QEMU's docs/specs/edu.rst):
 
 The device's DMA buffer lives at device address 0x40000 (4 KiB); the device
 can address 28 bits unless QEMU's ``dma_mask`` property says otherwise.
+
+Byte order: edu's registers are QEMU "native-endian", i.e. in the byte order
+of the machine QEMU emulates, not of the guest: big-endian under
+``qemu-system-ppc64`` even for a little-endian ppc64le guest, little-endian
+under x86-64 and arm64.  The driver declares it on the BAR (``endian=``), or,
+by default, tells it from the identification register, whose low byte is
+0xed in the device's order.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 from pyvfio import errors
+from pyvfio.core import mmio
 
 __all__ = ["Edu"]
 
@@ -39,11 +47,25 @@ IRQ_DMA_DONE = 0x100
 class Edu:
     """Drive an edu device opened through VFIO (``device`` is a :class:`pyvfio.Device`)."""
 
-    def __init__(self, device: Any, *, timeout: float = 10.0) -> None:
+    def __init__(self, device: Any, *, timeout: float = 10.0,
+                 endian: Optional[str] = None) -> None:
         self.device = device
         self.timeout = timeout
         self.bar = device.bar(0)
+        self.bar.set_endian(endian or self.detect_endian(self.bar))
         device.config.enable(bus_master=True, memory=True)   # DMA and MSI are bus-master writes
+
+    @staticmethod
+    def detect_endian(bar: Any) -> str:
+        """``"little"`` or ``"big"``: the order in which the identification register
+        reads 0xRRrr00ed (see the module's doc)."""
+        ident = bar.read32(ID)
+        if ident & 0xFF == 0xED:
+            return bar.endian
+        if ident >> 24 == 0xED:
+            return mmio.BIG if bar.endian == mmio.LITTLE else mmio.LITTLE
+        raise errors.NotFoundError(f"not an edu device (identification {ident:#010x})",
+                                   remedy="check the device's vendor and device IDs (1234:11e8)")
 
     # -- registers ---------------------------------------------------------------
     @property

@@ -12,7 +12,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable, List, Sequence
+from typing import BinaryIO, Iterable, List, Optional, Sequence
 
 from pyvfio.lab._host import cache_dir, digest, info, locked, warn
 from pyvfio.lab.errors import ToolMissingError
@@ -26,8 +26,11 @@ GUEST_DIR = Path(__file__).with_name("guest")
 #: Modules stage 1 loads to mount its root (built into the ``full`` kernel).
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 #: Modules staged for ``modprobe`` in the guest, when the kernel has them.
+#: More boot modules on other architectures (arm64's command output is a virtio console).
+ARCH_BOOT_MODULES = {"aarch64": ("virtio_console",)}
 GUEST_MODULES = (
-    "vfio", "vfio_pci", "vfio_iommu_type1", "mdev", "iommufd",
+    "vfio", "vfio_pci", "vfio_iommu_type1", "vfio_iommu_spapr_tce", "arm_smmu_v3", "mdev",
+    "iommufd",
     "vhost", "vhost_net", "vhost_vsock", "vhost_scsi", "vhost_vdpa", "vhost_iotlb",
     "vdpa", "vduse", "vdpa_sim", "vdpa_sim_net", "vdpa_sim_blk", "vringh",
     "uio", "uio_pci_generic", "configfs",
@@ -84,14 +87,17 @@ def _cpio_entry(out: BinaryIO, name: str, ino: int, mode: int, mtime: float,
 
 
 def build_initramfs(kernel: Kernel, extra_module_dirs: Sequence[Path] = (),
-                    modules: Iterable[str] = GUEST_MODULES) -> Path:
+                    modules: Iterable[str] = GUEST_MODULES,
+                    busybox: Optional[Path] = None) -> Path:
     """The initramfs for ``kernel`` with ``modules`` (those it has) and every
-    module of ``extra_module_dirs`` staged; cached."""
-    busybox = find_busybox()
+    module of ``extra_module_dirs`` staged; cached.  ``busybox`` is a static one
+    for the kernel's architecture (default: the host's)."""
+    busybox = busybox or find_busybox()
     tree = ModuleTree(kernel.modules, extra_module_dirs)
-    boot, _ = tree.resolve(BOOT_MODULES)
+    boot_wanted = (*BOOT_MODULES, *ARCH_BOOT_MODULES.get(kernel.arch, ()))
+    boot, _ = tree.resolve(boot_wanted)
     extras = [p.name[:-3] for d in extra_module_dirs for p in sorted(Path(d).glob("*.ko"))]
-    order, skipped = tree.resolve([*BOOT_MODULES, *(f"?{m}" for m in modules), *extras])
+    order, skipped = tree.resolve([*boot_wanted, *(f"?{m}" for m in modules), *extras])
     key_parts: List[bytes] = [kernel.release.encode(), kernel.package_version.encode(),
                               busybox.read_bytes(), " ".join(order).encode()]
     key_parts += [p.read_bytes() for p in sorted(GUEST_DIR.iterdir())]
@@ -110,7 +116,8 @@ def build_initramfs(kernel: Kernel, extra_module_dirs: Sequence[Path] = (),
 
 
 # modules some kernels never have; not worth a warning
-_EXPECTED_MISSING = {"vfio_iommu_spapr_tce", "iommufd", "vdpa_sim", "vdpa_sim_net",
+_EXPECTED_MISSING = {"vfio_iommu_spapr_tce", "arm_smmu_v3", "vfio_iommu_type1", "kvm_intel",
+                     "kvm_amd", "iommufd", "vdpa_sim", "vdpa_sim_net",
                      "vdpa_sim_blk", "vringh", "mdev"}
 
 

@@ -35,7 +35,8 @@ from pyvfio.lab.modules import builtin_from_modinfo
 
 __all__ = ["Kernel", "FLAVOURS", "STOCK_ABI", "STOCK_VERSION", "SOURCE_PACKAGE",
            "FRAGMENT", "get_kernel", "stock_kernel", "full_kernel", "source_version",
-           "extract_vmlinux", "read_fragment", "check_config"]
+           "extract_vmlinux", "read_fragment", "check_config", "foreign_kernel",
+           "FOREIGN_FLAVOURS"]
 
 FLAVOURS = ("stock", "full")
 #: Debian ABI name and package version of the pinned stock kernel.
@@ -61,6 +62,8 @@ class Kernel:
     vmlinux: Path
     #: ``lib/modules/<release>``: loadable modules (stock) or only ``modules.builtin`` (full).
     modules: Path
+    #: The architecture it runs on (``uname -m``).
+    arch: str = "x86_64"
 
 
 def get_kernel(flavour: str) -> Kernel:
@@ -136,6 +139,43 @@ def extract_vmlinux(bzimage: Path, dest: Path) -> None:
     if elf[:4] != b"\x7fELF":
         raise KernelPackageError(f"{bzimage}: payload is not an ELF image")
     dest.write_bytes(elf)
+
+
+# --------------------------------------------------------------------------- other arches
+#: Debian's kernel flavour for each architecture and page size (KiB).
+FOREIGN_FLAVOURS = {
+    "aarch64": {4: "arm64"},
+    "ppc64le": {4: "powerpc64le", 64: "powerpc64le-64k"},
+}
+
+
+def foreign_kernel(arch: str, page_kib: int = 4) -> Kernel:
+    """Debian's pinned 6.12 kernel of another architecture (``aarch64``, ``ppc64le``),
+    fetched through a private apt for that architecture (never installed)."""
+    from pyvfio.lab.cross import ForeignApt, arch as find_arch
+    target = find_arch(arch)
+    flavours = FOREIGN_FLAVOURS.get(target.name)
+    if not flavours or page_kib not in flavours:
+        have = ", ".join(f"{a} ({'/'.join(f'{k}K' for k in f)} pages)"
+                         for a, f in FOREIGN_FLAVOURS.items())
+        raise KernelPackageError(f"no Debian kernel for {arch} with {page_kib}K pages",
+                                 remedy=f"the lab's other architectures: {have}")
+    package = f"linux-image-{STOCK_ABI}-{flavours[page_kib]}"
+    root = cache_dir() / "stock" / f"{package}_{STOCK_VERSION}"
+    if not (root / "vmlinux").exists():
+        apt = ForeignApt(target.debian or target.name)
+        deb, = apt.download([(package, STOCK_VERSION)])
+        with locked(root):
+            if not (root / "vmlinux").exists():
+                pkg = debian.unpack(deb, root / "pkg")
+                images = sorted((pkg / "boot").glob("vmlinu[xz]-*"))
+                if not images:
+                    raise KernelPackageError(f"{deb.name} holds no boot/vmlinu[xz]-*")
+                # arm64's vmlinuz is a plain Image and ppc64el's vmlinux an ELF: both boot as is
+                (root / "vmlinux").symlink_to(images[0].relative_to(root))
+    kernel = _stock_from(root, STOCK_VERSION)
+    return Kernel("stock", kernel.release, kernel.package_version, kernel.vmlinux,
+                  kernel.modules, target.name)
 
 
 # --------------------------------------------------------------------------- source

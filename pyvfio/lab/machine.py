@@ -2,7 +2,18 @@
 
 The guest is an x86-64 ``q35`` machine, under TCG by default, with an
 emulated Intel IOMMU (interrupt remapping and caching mode on) unless asked
-otherwise.  It gets:
+otherwise.  Other architectures (:data:`ARCH_MACHINES`):
+
+* ``aarch64``: ``virt`` with EL2 (``virtualization=on``, so the guest kernel
+  offers KVM: nested under TCG), GICv3, ``-cpu max``, and an SMMUv3 in front
+  of the PCIe devices unless the IOMMU is off; the command's output is a
+  virtio console (``hvc0``);
+* ``ppc64le``: ``pseries`` with QEMU's built-in firmware (VOF); each device
+  under test sits alone on a PCI host bridge of its own, since one PHB is one
+  IOMMU group (one TCE table); the output is a second ``spapr-vty`` (``hvc1``).
+
+There the guest's root is the architecture's userland (Debian's packages
+unpacked by :mod:`pyvfio.lab.cross`) instead of the host's ``/``.  Each gets:
 
 * the host's ``/`` read-only over virtio-9p (``hostroot``), under a tmpfs
   overlay, so the host's Python and packages run unchanged;
@@ -34,8 +45,8 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
 from pyvfio.lab._host import info, interruptible, signals_blocked
 from pyvfio.lab.errors import BootError, BootTimeoutError, CommandTimeoutError, LabError, QemuNotFoundError
 
-__all__ = ["DEVICE_KINDS", "LAB_PROPERTIES", "MachineConfig", "RunResult", "find_qemu",
-           "qemu_device_models", "qemu_device_properties", "parse_device", "device_args", "kernel_cmdline", "qemu_command", "run_guest"]
+__all__ = ["DEVICE_KINDS", "LAB_PROPERTIES", "ARCH_MACHINES", "ArchMachine", "MachineConfig", "RunResult", "find_qemu",
+           "qemu_device_models", "qemu_device_properties", "parse_device", "lab_device_index", "device_args", "kernel_cmdline", "qemu_command", "run_guest"]
 
 #: Emulated PCI devices the lab knows (``igb`` only with a QEMU that has it).
 DEVICE_KINDS = ("edu", "nvme", "e1000e", "igb")
@@ -63,6 +74,29 @@ class MachineConfig:
     #: Extra QEMU arguments, appended as given.
     qemu_args: Sequence[str] = ()
     qemu: Optional[str] = None
+    #: The guest's architecture (``uname -m``).
+    arch: str = "x86_64"
+    #: Host directory shared read-only as the guest's root.
+    root: Path = Path("/")
+
+
+@dataclass(frozen=True)
+class ArchMachine:
+    """How QEMU emulates one architecture for the lab."""
+    qemu: str
+    console: str
+    #: The guest device carrying the command's output.
+    output: str
+
+
+#: The machines of the architectures the lab boots.
+ARCH_MACHINES = {
+    "x86_64": ArchMachine("qemu-system-x86_64", "ttyS0", "ttyS1"),
+    "aarch64": ArchMachine("qemu-system-aarch64", "ttyAMA0", "hvc0"),
+    "ppc64le": ArchMachine("qemu-system-ppc64", "hvc0", "hvc1"),
+}
+#: pseries under TCG: QEMU's speculation-mitigation capabilities it cannot emulate, off.
+_PSERIES = "pseries,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off,x-vof=on"
 
 
 @dataclass
@@ -83,12 +117,20 @@ class RunResult:
     run_dir: Optional[Path] = None
 
 
-def find_qemu() -> str:
-    """Path of ``qemu-system-x86_64`` (or ``$PYVFIO_LAB_QEMU``), or :class:`QemuNotFoundError`."""
-    name = os.environ.get("PYVFIO_LAB_QEMU") or "qemu-system-x86_64"
+def find_qemu(arch: str = "x86_64") -> str:
+    """Path of ``qemu-system-x86_64`` (or ``$PYVFIO_LAB_QEMU``), or of the QEMU of
+    ``arch``; else :class:`QemuNotFoundError`."""
+    if arch not in ARCH_MACHINES:
+        raise LabError(f"the lab has no {arch} machine",
+                       remedy=f"use one of {', '.join(ARCH_MACHINES)}")
+    name = (os.environ.get("PYVFIO_LAB_QEMU") if arch == "x86_64" else None) \
+        or ARCH_MACHINES[arch].qemu
     path = shutil.which(name)
     if path is None:
-        raise QemuNotFoundError(f"{name} not found: the lab needs QEMU to boot its guests")
+        pkg = {"aarch64": "qemu-system-arm", "ppc64le": "qemu-system-ppc"}.get(arch)
+        raise QemuNotFoundError(f"{name} not found: the lab needs QEMU to boot its guests",
+                                remedy=f"apt-get install -t bookworm-backports {pkg}"
+                                if pkg else None)
     return path
 
 
@@ -138,7 +180,8 @@ def parse_device(spec: str) -> "tuple[str, Dict[str, str]]":
 
 def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
                 iommu: bool = True,
-                properties: Optional[Callable[[str], FrozenSet[str]]] = None) -> List[str]:
+                properties: Optional[Callable[[str], FrozenSet[str]]] = None,
+                arch: str = "x86_64") -> List[str]:
     """QEMU arguments for the devices under test, at fixed PCI slots from 00:10.0 on.
 
     Each device is a kind with optional QEMU properties
@@ -154,10 +197,17 @@ def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
     ``nvme`` gets a sparse scratch image in ``run_dir``; the NICs get a
     one-port hub as peer (no host network); ``igb`` sits behind a PCIe root
     port at its slot, so it appears on a bus of its own.
+
+    On ``ppc64le`` each device sits alone on a PCI host bridge of its own (one
+    IOMMU group, one TCE table each), and edu gets a 64-bit DMA mask: the
+    dynamic DMA windows start at 1 << 59.
     """
     args: List[str] = []
     for i, spec in enumerate(devices):
         kind, props = parse_device(spec)
+        if arch == "ppc64le" and kind == "igb":
+            raise LabError("igb needs a PCIe root port, which the pseries PHB does not have",
+                           remedy="leave igb out of the ppc64le guest's devices")
         if kind not in models:
             raise LabError(f"this QEMU has no {kind!r} device model",
                            remedy="install a newer QEMU (bookworm-backports has QEMU 10: "
@@ -171,6 +221,9 @@ def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
                                remedy=f"see `qemu-system-x86_64 -device {kind},help` for its "
                                       "properties")
         addr = f"addr={FIRST_SLOT + i:#x}"
+        if arch == "ppc64le":
+            args += ["-device", f"spapr-pci-host-bridge,index={i + 1},id=labphb{i}"]
+            addr = f"bus=labphb{i}.0,addr=0x0"
         if kind == "nvme":
             image = run_dir / f"nvme{i}.img"
             with open(image, "wb") as fh:
@@ -187,7 +240,8 @@ def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
                      "-device", f"pcie-root-port,id=labport{i},chassis={i + 1},hotplug=off,{addr}",
                      "-device", _device_word("igb", props, f"netdev=net{i},bus=labport{i}")]
         else:
-            base = {} if iommu or kind != "edu" else {"dma_mask": "0xffffffffffffffff"}
+            wide = kind == "edu" and (not iommu or arch == "ppc64le")
+            base = {"dma_mask": "0xffffffffffffffff"} if wide else {}
             word = _device_word(kind, {}, addr)
             merged = {**base, **props}
             if merged:
@@ -196,18 +250,34 @@ def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
     return args
 
 
+def lab_device_index(domain: int, bus: int, slot: int) -> Optional[int]:
+    """Which of the lab's devices under test (0-based, in ``--device`` order) sits at
+    this PCI address: slot 0x10 + i on x86-64 and aarch64, alone on PHB i + 1
+    (PCI domain i + 1, slot 0) on ppc64le.  None for any other address."""
+    if domain == 0 and bus == 0 and slot >= FIRST_SLOT:
+        return slot - FIRST_SLOT
+    if domain > 0 and bus == 0 and slot == 0:
+        return domain - 1
+    return None
+
+
 def _device_word(kind: str, props: Mapping[str, str], lab: str) -> str:
     """``kind,prop=value,...,<the lab's own properties>``."""
     return ",".join([kind, *(f"{k}={v}" for k, v in props.items()), lab])
 
 
-def kernel_cmdline(iommu: bool, append: Sequence[str] = ()) -> str:
+def kernel_cmdline(iommu: bool, append: Sequence[str] = (), arch: str = "x86_64") -> str:
     """The guest kernel's command line (the options after ``panic`` save boot time).
 
     ``no_timer_check`` skips the IO-APIC timer test, which a busy host running
     software emulation can fail ("timer doesn't work through Interrupt-remapped
     IO-APIC": a panic at boot).
     """
+    if arch != "x86_64":
+        m = ARCH_MACHINES[arch]
+        return " ".join([f"console={m.console}", "quiet", "loglevel=4", "panic=-1",
+                         "mitigations=off", "lsm=capability", "cryptomgr.notests",
+                         f"labout={m.output}", *append])
     words = ["console=ttyS0", "quiet", "loglevel=4", "panic=-1", "mitigations=off",
              "no_timer_check", "lsm=capability", "8250.nr_uarts=2", "cryptomgr.notests",
              "intel_iommu=on" if iommu else "intel_iommu=off", *append]
@@ -217,12 +287,26 @@ def kernel_cmdline(iommu: bool, append: Sequence[str] = ()) -> str:
 def qemu_command(config: MachineConfig, run_dir: Path, rw_dirs: Sequence[Path],
                  qemu: str, models: FrozenSet[str]) -> List[str]:
     """The complete QEMU command line (also writes ``run_dir/mounts`` for the guest)."""
-    cpu = "host" if config.accel == "kvm" else "Nehalem"
-    machine = ["-machine", "q35,kernel-irqchip=split",
-               "-device", "intel-iommu,intremap=on,caching-mode=on"] if config.iommu \
-        else ["-machine", "q35"]
-    fs = ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
-                     "multidevs=remap",
+    output = ["-chardev", "stdio,id=cmdout,signal=off", "-serial", "chardev:cmdout"]
+    if config.arch == "aarch64":
+        cpu = "max,pauth-impdef=on"      # the cheap pointer-authentication hash under TCG
+        machine = ["-machine", "virt,virtualization=on,gic-version=3"
+                   + (",iommu=smmuv3" if config.iommu else "")]
+        output = ["-chardev", "stdio,id=cmdout,signal=off",
+                  "-device", "virtio-serial-pci,id=labserial",
+                  "-device", "virtconsole,chardev=cmdout"]
+    elif config.arch == "ppc64le":
+        cpu = "power9"
+        machine = ["-machine", _PSERIES]
+        output = ["-chardev", "stdio,id=cmdout,signal=off",
+                  "-device", "spapr-vty,chardev=cmdout"]
+    else:
+        cpu = "host" if config.accel == "kvm" else "Nehalem"
+        machine = ["-machine", "q35,kernel-irqchip=split",
+                   "-device", "intel-iommu,intremap=on,caching-mode=on"] if config.iommu \
+            else ["-machine", "q35"]
+    fs = ["-virtfs", f"local,path={config.root},mount_tag=hostroot,security_model=none,"
+                     "readonly=on,multidevs=remap",
           "-virtfs", f"local,path={run_dir},mount_tag=labrun,security_model=none"]
     mounts = []
     for i, d in enumerate(rw_dirs):
@@ -234,11 +318,10 @@ def qemu_command(config: MachineConfig, run_dir: Path, rw_dirs: Sequence[Path],
             "-accel", config.accel, "-cpu", cpu, "-smp", str(config.cpus),
             "-m", str(config.mem_mb), *machine,
             "-kernel", str(config.vmlinux), "-initrd", str(config.initrd),
-            "-append", kernel_cmdline(config.iommu, config.append),
-            "-serial", f"file:{run_dir / 'console.log'}",
-            "-chardev", "stdio,id=cmdout,signal=off", "-serial", "chardev:cmdout",
+            "-append", kernel_cmdline(config.iommu, config.append, config.arch),
+            "-serial", f"file:{run_dir / 'console.log'}", *output,
             *fs, *device_args(config.devices, run_dir, models, config.iommu,
-                         functools.partial(qemu_device_properties, qemu)),
+                              functools.partial(qemu_device_properties, qemu), config.arch),
             *config.qemu_args]
 
 
@@ -285,7 +368,7 @@ def run_guest(config: MachineConfig, command: str, *, env: Mapping[str, str], cw
     :class:`CommandTimeoutError` when it runs past ``timeout`` seconds and
     :class:`BootError` when the guest stops without reporting an exit status.
     """
-    qemu = config.qemu or find_qemu()
+    qemu = config.qemu or find_qemu(config.arch)
     models = qemu_device_models(qemu)
     with interruptible():
         run_dir = _new_run_dir()

@@ -37,11 +37,20 @@ from pyvfio.lab import in_guest
 
 __all__ = ["LabTarget", "GuestConfig", "GuestOutcome", "parse_junit", "guest_configs"]
 
+_X86 = (("stock", True), ("full", True), ("full", False))
+_ARCHES = (("stock", True, "ppc64le"), ("stock", True, "aarch64"))
 _FLAVOURS_OF_MODE = {
     "stock": (("stock", True),),
     "full": (("full", True), ("full", False)),
-    "all": (("stock", True), ("full", True), ("full", False)),
+    "all": _X86 + _ARCHES,
+    "x86_64": _X86,
+    "arches": _ARCHES,
+    "ppc64le": (("stock", True, "ppc64le"),),
+    "ppc64le-64k": (("stock", True, "ppc64le", 64),),
+    "aarch64": (("stock", True, "aarch64"),),
 }
+_MODES = ("auto", "off", "stock", "full", "x86_64", "aarch64", "ppc64le", "ppc64le-64k",
+          "arches", "all")
 _JUNIT = "junit.xml"
 _NO_QEMU = "QEMU not found: guest tests skipped, device tests ran against the mock only"
 _PROP_TARGET = "lab_target"
@@ -59,6 +68,8 @@ class LabTarget:
     flavour: Optional[str] = None
     #: Whether the guest has the emulated IOMMU.
     iommu: bool = False
+    #: The machine's architecture (``uname -m``): ``x86_64``, ``aarch64``, ``ppc64le``.
+    arch: str = os.uname().machine
 
     @classmethod
     def current(cls) -> LabTarget:
@@ -67,14 +78,16 @@ class LabTarget:
             return cls("mock")
         return cls("real", os.environ.get("PYVFIO_LAB_KERNEL_RELEASE") or os.uname().release,
                    os.environ.get("PYVFIO_LAB_KERNEL") or None,
-                   os.environ.get("PYVFIO_LAB_IOMMU") == "on")
+                   os.environ.get("PYVFIO_LAB_IOMMU") == "on", os.uname().machine)
 
     @property
     def label(self) -> str:
-        """``real 6.12.95+deb12-amd64 stock iommu=on`` or ``mock``."""
+        """``real 6.12.95+deb12-amd64 stock iommu=on``, ``real 6.12.95+deb12-powerpc64le
+        ppc64le stock iommu=on`` or ``mock``."""
         if self.kind == "mock":
             return "mock"
-        return f"real {self.kernel} {self.flavour} iommu={'on' if self.iommu else 'off'}"
+        arch = "" if self.arch == "x86_64" else f" {self.arch}"
+        return f"real {self.kernel}{arch} {self.flavour} iommu={'on' if self.iommu else 'off'}"
 
 
 @dataclass(frozen=True)
@@ -82,10 +95,15 @@ class GuestConfig:
     """One guest boot of the session."""
     flavour: str
     iommu: bool
+    arch: str = "x86_64"
+    #: Kernel page size in KiB.
+    page_kib: int = 4
 
     @property
     def name(self) -> str:
-        return f"{self.flavour} iommu={'on' if self.iommu else 'off'}"
+        arch = "" if self.arch == "x86_64" else self.arch + (
+            f"-{self.page_kib}k " if self.page_kib != 4 else " ")
+        return f"{arch}{self.flavour} iommu={'on' if self.iommu else 'off'}"
 
 
 @dataclass
@@ -108,7 +126,7 @@ class GuestOutcome:
 
 def guest_configs(mode: str) -> List[GuestConfig]:
     """The guests ``--lab=MODE`` boots (``auto`` must be resolved first)."""
-    return [GuestConfig(f, i) for f, i in _FLAVOURS_OF_MODE.get(mode, ())]
+    return [GuestConfig(*c) for c in _FLAVOURS_OF_MODE.get(mode, ())]
 
 
 def parse_junit(data: bytes) -> List[Tuple[str, str, str]]:
@@ -130,10 +148,13 @@ def parse_junit(data: bytes) -> List[Tuple[str, str, str]]:
 # --------------------------------------------------------------------------- hooks
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pyvfio lab", "real kernel drivers in QEMU guests")
-    group.addoption("--lab", choices=("auto", "off", "stock", "full", "all"), default="auto",
+    group.addoption("--lab", choices=_MODES, default="auto",
                     help="after the host's tests, run the device tests in QEMU guests: "
                          "stock (Debian kernel, IOMMU on), full (lab kernel, IOMMU on and "
-                         "off), all, off; auto (default) = all when QEMU is installed")
+                         "off), x86_64 (both), ppc64le (pseries, Debian's ppc64el kernel), "
+                         "ppc64le-64k (its 64K-page kernel), aarch64 (virt, Debian's "
+                         "arm64 kernel), arches (ppc64le and aarch64), all (x86_64 and "
+                         "arches), off; auto (default) = all when QEMU is installed")
     group.addoption("--lab-timeout", type=float, default=3600.0, metavar="S",
                     help="seconds each guest session may take, boot included (default 3600)")
     group.addoption("--lab-cpu", metavar="MODEL", default=None,
@@ -297,11 +318,12 @@ class _LabState:
 _STATE = pytest.StashKey[_LabState]()
 
 
-def _guest_command(config: pytest.Config, color: bool) -> List[str]:
+def _guest_command(config: pytest.Config, color: bool, arch: str = "x86_64") -> List[str]:
     """The pytest command line of a guest session."""
     markexpr = config.option.markexpr
     marker = f"device and ({markexpr})" if markexpr else "device"
-    cmd = [sys.executable, "-m", "pytest", "-p", "pyvfio.lab.pytest_plugin",
+    python = sys.executable if arch == "x86_64" else "python3"
+    cmd = [python, "-m", "pytest", "-p", "pyvfio.lab.pytest_plugin",
            "-p", "no:cacheprovider", "-m", marker, f"--junitxml=/run/lab/{_JUNIT}",
            "-o", "junit_family=xunit2", f"--color={'yes' if color else 'no'}"]
     if config.option.keyword:
@@ -340,6 +362,8 @@ def _run_guest(session: pytest.Session, config: GuestConfig,
             sys.stdout.flush()
 
     title = f"pyvfio lab guest: {config.flavour} kernel, iommu={'on' if config.iommu else 'off'}"
+    if config.arch != "x86_64":
+        title = f"pyvfio lab guest: {config.name}"
     if reporter is not None:
         reporter.line("")  # end the progress line of the host's tests
         reporter.write_sep("=", title, cyan=True)
@@ -347,18 +371,20 @@ def _run_guest(session: pytest.Session, config: GuestConfig,
         write(f"=== {title} ===\n")
     try:
         with interruptible():
-            image = prepare(config.flavour)
+            image = prepare(config.flavour, config.arch, config.page_kib)
             outcome.release, outcome.notes = image.kernel.release, image.notes
-            models = qemu_device_models(find_qemu())
+            models = qemu_device_models(find_qemu(config.arch))
             devices = tuple(d for d in session.config.getini("lab_devices")
-                            if d.split(",")[0] != "igb" or "igb" in models)
-            options = LabOptions(kernel=config.flavour, iommu=config.iommu, devices=devices,
+                            if d.split(",")[0] != "igb"
+                            or ("igb" in models and config.arch != "ppc64le"))
+            options = LabOptions(kernel=config.flavour, arch=config.arch,
+                                 page_kib=config.page_kib, iommu=config.iommu, devices=devices,
                                  timeout=session.config.getoption("--lab-timeout"),
                                  qemu_args=_cpu_args(session.config),
                                  cwd=session.config.invocation_params.dir, fetch=(_JUNIT,))
             write(f"kernel {image.kernel.release}, devices: {' '.join(devices)}\n")
             color = reporter is not None and reporter.hasmarkup
-            result = run(" ".join(_guest_command(session.config, color)), options,
+            result = run(" ".join(_guest_command(session.config, color, config.arch)), options,
                          lambda data: write(decoder.decode(data)), image=image)
     except LabInterrupted as exc:
         outcome.error, outcome.interrupted = str(exc), True

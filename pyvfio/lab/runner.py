@@ -18,7 +18,7 @@ from pyvfio.lab.kernel import Kernel, get_kernel
 from pyvfio.lab.machine import MachineConfig, RunResult, find_qemu, run_guest
 from pyvfio.lab.oot import build_modules, extras_for
 
-__all__ = ["LabOptions", "BootImage", "PASSED_ENV", "prepare", "guest_env", "shared_dirs",
+__all__ = ["LabOptions", "BootImage", "PASSED_ENV", "prepare", "prepare_arch", "guest_env", "shared_dirs",
            "repo_dir", "command_line", "run"]
 
 #: Host environment variables the guest inherits.
@@ -29,6 +29,10 @@ PASSED_ENV = ("PATH", "HOME", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "TERM", "CI")
 class LabOptions:
     """How to run a guest (the ``pyvfio lab run`` options)."""
     kernel: str = "stock"
+    #: The guest's architecture: ``x86_64``, ``aarch64`` or ``ppc64le`` (Debian's kernel).
+    arch: str = "x86_64"
+    #: The guest kernel's page size in KiB (64: ppc64le's 64K-page kernel).
+    page_kib: int = 4
     iommu: bool = True
     devices: Tuple[str, ...] = ("edu", "edu")
     mem_mb: int = 2048
@@ -59,15 +63,44 @@ class BootImage:
     initrd: Path
     #: Warnings about what the guest lacks.
     notes: Tuple[str, ...] = ()
+    #: Host directory that is the guest's root (``/``, or another architecture's userland).
+    root: Path = Path("/")
 
 
-def prepare(flavour: str) -> BootImage:
+def prepare_arch(arch: str, page_kib: int = 4) -> BootImage:
+    """Boot image of another architecture: Debian's kernel of that architecture, its
+    userland (Debian's Python, pytest, pyroute2, ...) as the guest's root, and
+    pyvfio's binding cross-built for it and put next to the host's in the checkout
+    (``pyvfio/core/_uapi.cpython-311-<triplet>.so``)."""
+    from pyvfio.lab import cross
+    from pyvfio.lab.kernel import foreign_kernel
+    target = cross.arch(arch)
+    kernel = foreign_kernel(target.name, page_kib)
+    land = cross.userland(target)
+    cross.precompile(land)
+    so = cross.build_binding(target, land)
+    repo = repo_dir()
+    if repo is None:
+        raise cross.CrossError("the guests of other architectures run pyvfio from its "
+                               "checkout, and this pyvfio is not one",
+                               remedy="run the lab from a pyvfio git checkout")
+    cross.install_binding(so, repo / "pyvfio" / "core")
+    initrd = build_initramfs(kernel, busybox=land.root / "bin" / "busybox")
+    return BootImage(kernel, initrd, (), land.root)
+
+
+def prepare(flavour: str, arch: str = "x86_64", page_kib: int = 4) -> BootImage:
     """Fetch or build the kernel of ``flavour`` and its initramfs (cached after the first time).
 
     This includes the out-of-tree modules of :func:`~pyvfio.lab.oot.extras_for`
     the kernel (vdpa_sim for stock, the project's uio_msi for both); a set
     that cannot be built is left out, with a warning.
     """
+    if arch != "x86_64" or page_kib != 4:
+        if flavour != "stock":
+            raise KernelPackageError(f"the {arch} guest boots Debian's stock kernel only",
+                                     remedy="use --kernel stock (the default)")
+        return prepare_arch(arch, page_kib)
     kernel = get_kernel(flavour)
     extra: List[Path] = []
     notes: List[str] = []
@@ -103,17 +136,27 @@ def shared_dirs(cwd: Path, extra: Sequence[Path] = ()) -> List[Path]:
 
 
 def guest_env(flavour: str, iommu: bool, extra: Sequence[str] = (),
-              plain: bool = False) -> Dict[str, str]:
+              plain: bool = False, arch: str = "x86_64") -> Dict[str, str]:
     """The guest command's environment: :data:`PASSED_ENV` from the host, the
     running interpreter's directory first on ``PATH``, ``extra`` and the
     ``PYVFIO_LAB_*`` variables.  ``plain`` asks programs for output without
     colours (the command's output goes to a serial port, which is a terminal)."""
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    if arch != "x86_64":
+        # the guest's root is that architecture's Debian userland: its own Python,
+        # with pyvfio from the shared checkout
+        env = {k: v for k, v in env.items() if k in ("LANG", "TERM", "CI")}
+        env.update(PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                   HOME="/root", LANG="C.UTF-8")
+        repo = repo_dir()
+        if repo is not None:
+            env["PYTHONPATH"] = str(repo)
     if plain:
         env.update(TERM="dumb", NO_COLOR="1")
-    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":")
-    pybin = os.path.dirname(sys.executable)
-    env["PATH"] = ":".join([pybin, *(p for p in path if p != pybin)])
+    if arch == "x86_64":
+        path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":")
+        pybin = os.path.dirname(sys.executable)
+        env["PATH"] = ":".join([pybin, *(p for p in path if p != pybin)])
     for item in extra:
         name, sep, value = item.partition("=")
         if sep:
@@ -122,6 +165,7 @@ def guest_env(flavour: str, iommu: bool, extra: Sequence[str] = (),
             env[name] = os.environ[name]
     env["PYVFIO_LAB_KERNEL"] = flavour
     env["PYVFIO_LAB_IOMMU"] = "on" if iommu else "off"
+    env["PYVFIO_LAB_ARCH"] = arch
     return env
 
 
@@ -147,17 +191,19 @@ def run(command: Union[str, Sequence[str]], options: LabOptions = LabOptions(),
     process's stdout); ``image`` is a :func:`prepare` result to boot instead
     of preparing ``options.kernel`` here.
     """
-    qemu = find_qemu()
-    image = image or prepare(options.kernel)
+    qemu = find_qemu(options.arch)
+    image = image or prepare(options.kernel, options.arch, options.page_kib)
     config = MachineConfig(vmlinux=image.kernel.vmlinux, initrd=image.initrd,
                            iommu=options.iommu, devices=options.devices,
                            mem_mb=options.mem_mb, cpus=options.cpus, accel=options.accel,
-                           append=options.append, qemu_args=options.qemu_args, qemu=qemu)
+                           append=options.append, qemu_args=options.qemu_args, qemu=qemu,
+                           arch=options.arch, root=image.root)
     line = command_line(command)
     cwd = options.cwd or Path.cwd()
     kwargs = {"output": output} if output is not None else {}
     plain = output is not None or not sys.stdout.isatty()
-    return run_guest(config, line, env=guest_env(options.kernel, options.iommu, options.env, plain),
+    return run_guest(config, line, env=guest_env(options.kernel, options.iommu, options.env, plain,
+                                                 options.arch),
                      cwd=cwd, rw_dirs=shared_dirs(cwd, options.rw_dirs),
                      timeout=options.timeout, boot_timeout=options.boot_timeout,
                      fetch=options.fetch, keep=options.keep, **kwargs)

@@ -7,15 +7,40 @@ control (``cache_coherent``), ``IOMMU_GET_HW_INFO`` of type NONE
 (``iommu_hw_info="intel_vtd"`` gives QEMU's VT-d registers).  ``iommu`` is
 ``"type1"`` (x86 VT-d like), ``"spapr"`` (POWER TCE: the 32-bit window
 ``spapr_dma32`` (start, size), the largest dynamic window, EEH) or ``"none"``.
+``spapr_platform`` is the POWER platform (:data:`SPAPR_PLATFORMS`):
+``"powernv"`` (bare-metal IODA2, the default) or ``"pseries"`` (a guest of
+QEMU 10's pseries machine, as measured in the lab's ppc64le guest); it gives
+the defaults of ``spapr_dma32`` and ``eeh``, the TCE page sizes and levels.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 from pyvfio.mock.core.family import Family, register
 
-__all__ = ["Iommu"]
+__all__ = ["Iommu", "SpaprPlatform", "SPAPR_PLATFORMS"]
+
+
+class SpaprPlatform(NamedTuple):
+    """What one POWER platform's table group offers to VFIO."""
+    dma32: Tuple[int, int]          # default window (start, size)
+    pgsizes: int                    # TCE page sizes of dynamic windows
+    levels: int                     # most TCE table levels
+    eeh: bool                       # VFIO_EEH offered
+    # window 0 is remade by ibm,reset-pe-dma-window, refused while a dynamic window exists
+    default_window_needs_no_ddw: bool = False
+
+
+SPAPR_PLATFORMS = {
+    # IODA2: TCE pages 4K/64K/2M/1G, up to 5 levels (POWERNV_IOMMU_MAX_LEVELS)
+    "powernv": SpaprPlatform((0, 0x80000000), (1 << 12) | (1 << 16) | (1 << 21) | (1 << 30),
+                             5, True),
+    # QEMU's pseries: ibm,query-pe-dma-window page sizes, a single level, and EEH only
+    # for PHBs holding passed-through host devices
+    "pseries": SpaprPlatform((0, 0x40000000), (1 << 12) | (1 << 16) | (1 << 21) | (1 << 24),
+                             1, False, True),
+}
 
 
 @register
@@ -32,9 +57,10 @@ class Iommu(Family):
         msi_window: Optional[Tuple[int, int]] = (0xFEE00000, 0xFEEFFFFF)
         cache_coherent: bool = False
         iommu_hw_info: str = "none"
-        spapr_dma32: Tuple[int, int] = (0, 0x80000000)
+        spapr_platform: str = "powernv"
+        spapr_dma32: Optional[Tuple[int, int]] = None     # default: the platform's
         spapr_max_window: int = 1 << 40
-        eeh: bool = True
+        eeh: Optional[bool] = None                        # default: the platform's
 
     def __init__(self, kernel: Any, config: "Iommu.Config") -> None:
         super().__init__(kernel, config)
@@ -49,9 +75,13 @@ class Iommu(Family):
         self.msi_window = config.msi_window
         self.cache_coherent = config.cache_coherent
         self.hw_info = config.iommu_hw_info
-        self.spapr_dma32 = config.spapr_dma32
+        if config.spapr_platform not in SPAPR_PLATFORMS:
+            raise ValueError(f"spapr_platform must be one of {', '.join(SPAPR_PLATFORMS)}")
+        #: The POWER platform's answers (:data:`SPAPR_PLATFORMS`).
+        self.spapr_platform = SPAPR_PLATFORMS[config.spapr_platform]
+        self.spapr_dma32 = config.spapr_dma32 or self.spapr_platform.dma32
         self.spapr_max_window = config.spapr_max_window
-        self.eeh = config.eeh
+        self.eeh = self.spapr_platform.eeh if config.eeh is None else config.eeh
 
     def iova_ranges(self) -> List[Tuple[int, int]]:
         """The usable IOVA ranges of a domain: the aperture minus the reserved regions."""

@@ -56,6 +56,13 @@ class SpaprInfo(NamedTuple):
     levels: int
 
 
+def _pgsize_text(size: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and not size & ((1 << shift) - 1):
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
 class Container(IoAddressSpace):
     """A VFIO container: groups share it, and with it one I/O address space."""
 
@@ -193,11 +200,38 @@ class Container(IoAddressSpace):
         self._registered.pop(vaddr, None)
 
     def create_window(self, window_size: int, page_shift: int = 12, levels: int = 1) -> int:
-        """``VFIO_IOMMU_SPAPR_TCE_CREATE``: a dynamic DMA window; returns its start IOVA."""
+        """``VFIO_IOMMU_SPAPR_TCE_CREATE``: a dynamic DMA window; returns its start IOVA.
+
+        The platform's limits (GET_INFO: TCE page sizes, levels, number of
+        windows) are checked first, so that a refusal names the rule.  A TCE
+        page larger than the kernel's page needs memory backed by pages at
+        least that large (hugetlbfs) for the maps into that window.
+        """
         self._need("spapr_v2", "spapr")
+        info = self.spapr_info()
+        if info.flags & lib.VFIO_IOMMU_SPAPR_INFO_DDW:
+            sizes = ", ".join(_pgsize_text(1 << b) for b in range(64) if info.pgsizes >> b & 1)
+            if not 0 <= page_shift < 64 or not info.pgsizes >> page_shift & 1:
+                raise errors.InvalidArgumentError(
+                    f"a TCE page of 2**{page_shift} bytes is not offered by this platform",
+                    path=self.path, remedy=f"use one of its TCE page sizes: {sizes}")
+            if not 1 <= levels <= info.levels:
+                raise errors.InvalidArgumentError(
+                    f"{levels} TCE table levels asked, the platform allows 1 to {info.levels}",
+                    path=self.path, remedy=f"pass levels between 1 and {info.levels}")
         p = argsz.new("struct vfio_iommu_spapr_tce_create", page_shift=page_shift,
                       window_size=window_size, levels=levels)
-        syscalls.ioctl(self.fd, lib.VFIO_IOMMU_SPAPR_TCE_CREATE, p, dma=True)
+        try:
+            syscalls.ioctl(self.fd, lib.VFIO_IOMMU_SPAPR_TCE_CREATE, p, dma=True)
+        except errors.PyvfioError as exc:
+            if exc.errno != 28:           # ENOSPC: every window of the table group is in use
+                raise
+            limit = (info.max_dynamic_windows or 1)
+            raise errors.BusyError(
+                f"the platform allows {limit} DMA windows per container and all are in use "
+                f"(windows at {', '.join(f'{s:#x}' for s, _ in self.windows)})",
+                errno=28, op="VFIO_IOMMU_SPAPR_TCE_CREATE", path=self.path,
+                remedy="remove one first with remove_window(start)") from exc
         self._windows[p.start_addr] = (window_size, page_shift)
         self._allocator = None
         return p.start_addr
@@ -264,6 +298,20 @@ class Container(IoAddressSpace):
             syscalls.ioctl(self.fd, lib.VFIO_IOMMU_UNMAP_DMA, p)
         else:
             super()._unmap_everything()
+
+    def _iommu_released(self) -> None:
+        """The last group left: the kernel dropped the IOMMU driver with every mapping,
+        window and registration (each container ioctl now gets EINVAL until a group
+        is attached and ``set_iommu`` is called again)."""
+        for m in list(self._mappings.values()):
+            self._forget(m)
+        if self._allocator is not None:
+            self._allocator.clear()
+        self._allocator = None
+        self._registered.clear()
+        self._windows.clear()
+        self._enabled = False
+        self.iommu_type = None
 
     # -- lifetime ------------------------------------------------------------------
     def _close_fd(self) -> None:

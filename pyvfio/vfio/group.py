@@ -79,9 +79,13 @@ class Group(Handle):
         try:
             syscalls.ioctl(self.fd, lib.VFIO_GROUP_UNSET_CONTAINER)
         finally:
-            if self in self.container.groups:
-                self.container.groups.remove(self)
-            self.container = None
+            container, self.container = self.container, None
+            if self in container.groups:
+                container.groups.remove(self)
+            if not container.groups:
+                # the kernel released the IOMMU driver with the last group, and with it
+                # every mapping, window and registration: forget them too
+                container._iommu_released()
 
     def get_device_fd(self, name: str) -> int:
         """``VFIO_GROUP_GET_DEVICE_FD``: an fd for device ``name`` (a BDF or mdev UUID)."""

@@ -28,14 +28,6 @@ def _includes() -> str:
     return "".join(f"#include <{h}>\n" for hs in uapi.FAMILIES.values() for h in hs)
 
 
-def _run_c(tmp_path, body: str) -> str:
-    src = tmp_path / "probe.c"
-    src.write_text("#include <stdio.h>\n" + _includes() + "int main(void) {\n" + body + "return 0;\n}\n")
-    exe = tmp_path / "probe"
-    subprocess.run([CC, "-w", "-I", HEADERS_DIR, "-o", str(exe), str(src)], check=True)
-    return subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
-
-
 def _header_paths():
     """Where the compiler finds each covered header (line markers of -E output)."""
     out = subprocess.run([CC, "-E", "-I", HEADERS_DIR, "-x", "c", "-"], input=_includes(),
@@ -55,18 +47,23 @@ def test_families_present_on_this_system():
     assert set(uapi.FAMILIES).isdisjoint(uapi.MISSING)
 
 
+def _probe(tmp_path, names, structs=(), fields=()) -> tuple:
+    """The header test's C program (shared with the six-architecture ABI check)."""
+    from pyvfio.lab.abi import parse_probe, probe_source
+    src = tmp_path / "probe.c"
+    src.write_text(probe_source(_includes(), names, structs, fields))
+    exe = tmp_path / "probe"
+    subprocess.run([CC, "-w", "-I", HEADERS_DIR, "-o", str(exe), str(src)], check=True)
+    return parse_probe(subprocess.run([str(exe)], check=True, capture_output=True,
+                                      text=True).stdout)
+
+
 def test_every_ioctl_and_constant_equals_the_c_value(tmp_path):
     names = sorted(set(uapi.IOCTLS) | set(uapi.CONSTANTS))
-    body = "".join(
-        f'printf("%s %lld %llu\\n", "{n}", ({n}) < 0 ? 1LL : 0LL,'
-        f' (unsigned long long)({n}));\n' for n in names)
-    seen = 0
-    for line in _run_c(tmp_path, body).splitlines():
-        name, neg, value = line.split()
-        c_value = int(value) - (1 << 64) if neg == "1" else int(value)
-        assert getattr(lib, name) == c_value, name
-        seen += 1
-    assert seen == len(names) > 1000
+    values, _, _ = _probe(tmp_path, names)
+    for name in names:
+        assert getattr(lib, name) == values[name], name
+    assert len(values) == len(names) > 1000
 
 
 def test_known_ioctl_numbers():
@@ -81,19 +78,16 @@ def test_known_ioctl_numbers():
 
 
 def test_every_struct_size_and_offset_equals_the_c_value(tmp_path):
-    body = "".join(f'printf("%s|%zu\\n", "{s}", sizeof({s}));\n' for s in uapi.STRUCTS)
     fields = []
     for s in uapi.STRUCTS:
         for fname, f in ffi.typeof(s).fields or ():
             if fname and not fname.startswith("__"):
                 fields.append((s, fname, f.offset))
-    body += "".join(f'printf("%s.{f}|%zu\\n", "{s}", __builtin_offsetof({s}, {f}));\n'
-                    for s, f, _ in fields)
-    c = dict(line.rsplit("|", 1) for line in _run_c(tmp_path, body).splitlines())
+    _, sizes, offsets = _probe(tmp_path, (), uapi.STRUCTS, [(s, f) for s, f, _ in fields])
     for s in uapi.STRUCTS:
-        assert ffi.sizeof(s) == int(c[s]), s
+        assert ffi.sizeof(s) == sizes[s], s
     for s, f, off in fields:
-        assert off == int(c[f"{s}.{f}"]), f"{s}.{f}"
+        assert off == offsets[f"{s}.{f}"], f"{s}.{f}"
     assert len(uapi.STRUCTS) > 200 and len(fields) > 1000
 
 

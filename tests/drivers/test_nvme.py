@@ -24,9 +24,9 @@ from pyvfio.core import syscalls
 from pyvfio.vfio.open import open_device
 from pyvfio.drivers import nvme as nv
 from pyvfio.drivers.nvme import Capabilities, Completion, Nvme, NvmeError, status_text
+from pyvfio.lab.machine import lab_device_index
 
 NVME_ID = (0x1B36, 0x0010)                     # QEMU's NVMe controller
-FIRST_SLOT = 0x10                              # the lab puts device i at slot 0x10 + i
 NAMESPACE_BYTES = 64 << 20                     # the lab's scratch image per controller
 VFIO_PATHS = ("container", "iommufd", "noiommu")
 
@@ -44,7 +44,8 @@ def nvme_dev(request, lab_target):
     require_vfio_path(path, lab_target)
     dev = found[0]
     with dev.bound("vfio-pci"):
-        yield SimpleNamespace(path=path, pci=dev, index=dev.address.slot - FIRST_SLOT)
+        yield SimpleNamespace(path=path, pci=dev, index=lab_device_index(
+            dev.address.domain, dev.address.bus, dev.address.slot))
 
 
 def _open(nvme_dev):

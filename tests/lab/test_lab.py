@@ -483,6 +483,9 @@ def test_sigterm_tears_down(fake_qemu: Path, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- pytest plugin
 def test_guest_configs_and_target_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [c.name for c in guest_configs("all")] == [
+        "stock iommu=on", "full iommu=on", "full iommu=off", "ppc64le stock iommu=on",
+        "aarch64 stock iommu=on"]
+    assert [c.name for c in guest_configs("x86_64")] == [
         "stock iommu=on", "full iommu=on", "full iommu=off"]
     assert guest_configs("off") == []
     monkeypatch.delenv("PYVFIO_LAB", raising=False)

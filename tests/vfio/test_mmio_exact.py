@@ -87,9 +87,10 @@ def test_bulk_accesses_have_the_stated_width(edu, vfio_edu, mapped):
         model.accesses.clear()
     # two 32-bit loads: the identification and the (inverted) liveness register
     data = bar.read(0x00, 8, width=4)
-    assert data == (0x010000ED).to_bytes(4, "little") + (0xEDCBA987).to_bytes(4, "little")
+    order = bar.endian          # bulk accesses keep the device's byte order (edu's is QEMU's)
+    assert data == (0x010000ED).to_bytes(4, order) + (0xEDCBA987).to_bytes(4, order)
     # edu's DMA registers take 64-bit accesses: two 64-bit stores, two 64-bit loads
-    regs = (0x40000).to_bytes(8, "little") + (0x1000).to_bytes(8, "little")
+    regs = (0x40000).to_bytes(8, order) + (0x1000).to_bytes(8, order)
     bar.write(0x80, regs, width=8)
     assert bar.read(0x80, 16, width=8) == regs
     assert (bar.read64(0x80), bar.read64(0x88)) == (0x40000, 0x1000)

@@ -49,8 +49,10 @@ def test_hot_reset_of_igb_behind_a_root_port(lab_target):
             # kernel answers ENOTTY; pyvfio reports it with the ioctl and device.
             assert exc.op == "VFIO_DEVICE_PCI_HOT_RESET" and exc.device == igb.name
             pytest.xfail("the emulated root port's link does not retrain after a bus reset")
-        # the reset cleared the command register's bus-master bit
-        assert not dev.config.bus_master
+        # the kernel saves each function's config space before the bus reset and restores
+        # it after (pci_reset_bus), so the command register is as it was (seen on arm64's
+        # virt machine, whose root port retrains its link)
+        assert dev.config.bus_master
         assert dev.config.vendor_id == 0x8086
 
 
@@ -87,7 +89,10 @@ def test_device_features_on_edu(lab_target):
         assert feats.probe(3, set=True) is True
         feats.low_power_entry()
         feats.low_power_exit()
-        assert dev.bar(0).read32(0) == 0x010000ED           # usable again after exit
+        from pyvfio.drivers.edu import Edu
+        bar = dev.bar(0)
+        bar.set_endian(Edu.detect_endian(bar))            # big-endian under qemu-system-ppc64
+        assert bar.read32(0) == 0x010000ED                 # usable again after exit
 
 
 def test_mtty_mdev_create_open_remove(lab_target):

@@ -14,6 +14,12 @@ a dynamic window at 1 << 59; TCE page sizes 4K/64K/2M/1G; up to 5 levels):
   removed by the user; several groups may share the container.
 - The default window is created lazily at the first MAP/UNMAP/CREATE, its
   table memory accounted then.
+
+The platform (:data:`pyvfio.mock.iommu.SPAPR_PLATFORMS`, ``MockKernel(spapr_platform=...)``) sets what
+GET_INFO reports and CREATE accepts.  ``"pseries"`` is what Linux 6.12 says as
+a guest of QEMU 10's ``pseries`` machine (measured in the lab's ppc64le guest):
+a 1 GiB 32-bit window, TCE page sizes 4K/64K/2M/16M, one level, and no EEH for
+emulated devices.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ MAX_TABLES = 2                  # IOMMU_TABLE_GROUP_MAX_TABLES
 MAX_LEVELS = 5                  # POWERNV_IOMMU_MAX_LEVELS
 DDW_BASE = 1 << 59              # IODA2 tce_bypass_base: where the second window starts
 TCE_PGSIZES = (1 << 12) | (1 << 16) | (1 << 21) | (1 << 30)
+
 DMA_TO_DEVICE = 1               # the device may read
 DMA_FROM_DEVICE = 2             # the device may write
 DMA_BIDIRECTIONAL = 3
@@ -155,13 +162,16 @@ class SpaprTceIommu:
             num = self.tables.index(None)
         except ValueError:
             raise fail(errno.ENOSPC) from None
-        if page_shift >= 64 or not TCE_PGSIZES & (1 << page_shift):
+        platform = self.kernel.iommu.spapr_platform
+        if page_shift >= 64 or not platform.pgsizes & (1 << page_shift):
             raise fail(errno.EINVAL)
-        if not levels or levels > MAX_LEVELS:
+        if not levels or levels > platform.levels:
             raise fail(errno.EINVAL)
         if (window_size & (window_size - 1) or window_size < (1 << page_shift)
                 or window_size > self.kernel.iommu.spapr_max_window):
             raise fail(errno.EINVAL)
+        if num == 0 and platform.default_window_needs_no_ddw and any(self.tables[1:]):
+            raise fail(errno.EPERM)
         bus_offset = DDW_BASE if num else self.kernel.iommu.spapr_dma32[0]
         tbl = _Table(num, page_shift, bus_offset, window_size, levels)
         self.kernel.process.accounting.charge(tbl.pages, "mm")
@@ -431,9 +441,10 @@ class SpaprTceIommu:
         info.ddw.levels = 0
         if self.v2:
             info.flags |= lib.VFIO_IOMMU_SPAPR_INFO_DDW
-            info.ddw.pgsizes = TCE_PGSIZES
+            platform = self.kernel.iommu.spapr_platform
+            info.ddw.pgsizes = platform.pgsizes
             info.ddw.max_dynamic_windows_supported = MAX_TABLES
-            info.ddw.levels = MAX_LEVELS
+            info.ddw.levels = platform.levels
         ddwsz = field_end(ctype, "ddw")
         copy_to_user(addr, info, ddwsz if info.argsz >= ddwsz else minsz)
         return 0
