@@ -46,6 +46,7 @@ class EventFd(Handle):
     def __init__(self, what: str = "eventfd", *, initval: int = 0) -> None:
         self.name = what
         self.fd = syscalls.eventfd(initval, _EFD_NONBLOCK, what=what)
+        self._events = ((self.fd, select.POLLIN),)
 
     def fileno(self) -> int:
         self._check_open()
@@ -80,7 +81,7 @@ class EventFd(Handle):
         """
         self._check_open()
         timeout = check_timeout(timeout, device=self.name)
-        events = [(self.fd, select.POLLIN)]
+        events = self._events
         deadline = None if timeout is None else time.monotonic() + timeout
         left = timeout
         while True:

@@ -45,6 +45,7 @@ class Kernel:
         self._ffi = ffi
         self._lib = lib
         self._null = ffi.NULL
+        self._pollers = threading.local()     # per thread: {(fd, events) pairs: select.poll}
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
         return os.open(path, flags | os.O_CLOEXEC, mode)
@@ -104,9 +105,23 @@ class Kernel:
         return os.stat(path)
 
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
-        p = select.poll()
-        for fd, events in fds:
-            p.register(fd, events)
+        """poll(2).  A ``select.poll`` object is only the array poll(2) gets, so the one
+        built for a set of (fd, events) pairs is kept and reused by the same thread (a
+        poll object must not be polled by two threads at once); at most 32 sets."""
+        try:
+            key = fds if type(fds) is tuple else tuple(fds)
+            cache = self._pollers.__dict__
+            p = cache.get(key)
+        except TypeError:                     # unhashable pairs (lists): a one-off object
+            key = p = None
+        if p is None:
+            p = select.poll()
+            for fd, events in fds:
+                p.register(fd, events)
+            if key is not None:
+                if len(cache) >= 32:
+                    cache.clear()
+                cache[key] = p
         return p.poll(timeout_ms)
 
     def memfd_create(self, name: str, flags: int) -> int:

@@ -55,7 +55,8 @@ class UioMemoryMap(MmioAccess):
                                 what=f"{device.name} map {self.index}")
         # the window's offsets count from the area's start, ``offset`` bytes into the page
         self._window: Optional[Window] = Window(-info.offset, length, mapping)
-        self._mmio_whole = self._window if info.offset == 0 else None
+        if info.offset == 0:            # read32/write32 fast path while the mapping lives
+            self._mmio_set_whole(self._window)
 
     # -- what MmioAccess needs ---------------------------------------------------------
     def _where(self) -> str:
@@ -89,7 +90,7 @@ class UioMemoryMap(MmioAccess):
         if self._closed:
             return
         self._closed = True
-        self._mmio_whole = None
+        self._mmio_set_whole(None)       # drops the fast path before the unmap
         window, self._window = self._window, None
         if window is not None:
             window.release()

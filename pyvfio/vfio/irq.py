@@ -175,7 +175,7 @@ class Irq:
         Raises :class:`~pyvfio.errors.TimedOutError` after ``timeout`` seconds.
         """
         fd = self._fd(vector)
-        events = [(fd, select.POLLIN)]
+        events = ((fd, select.POLLIN),)
         deadline = None if timeout is None else time.monotonic() + timeout
         if syscalls.poll(events, timeout):    # the common case: one poll, one read
             n = self._read_count(fd)

@@ -98,6 +98,9 @@ def _struct_of(ctype: str, fields: Sequence[tuple]) -> struct.Struct:
 # Whole-entry packers for the split ring's hot paths, laid out as the binding says.
 _DESC = _struct_of("struct vring_desc", (("addr", "Q"), ("len", "I"), ("flags", "H"), ("next", "H")))
 _USED_ELEM = _struct_of("struct vring_used_elem", (("id", "I"), ("len", "I")))
+_pack_desc = _DESC.pack_into
+_unpack_used = _USED_ELEM.unpack_from
+_tuple_new = tuple.__new__         # builds a Used without the Python-level __new__ frame
 
 
 class Used(NamedTuple):
@@ -365,7 +368,11 @@ class SplitQueue(Virtqueue):
         self._avail_event_i = 2 + 4 * n
         self._mask = n - 1
         self._free: List[int] = list(range(n - 1, -1, -1))
-        self._chains: List[Any] = [None] * n
+        # Per head descriptor: the caller's token while in flight, else None (a token is
+        # never None: it defaults to the head), and the other descriptors of a direct
+        # chain of more than one (a single descriptor, or an indirect table, has None).
+        self._tokens: List[Any] = [None] * n
+        self._chain_ids: List[Optional[tuple]] = [None] * n
         self._avail_idx = 0          # shadow of avail->idx
         self._kicked_idx = 0         # avail->idx at the last kick (EVENT_IDX "old")
         self._last_used = 0
@@ -393,24 +400,34 @@ class SplitQueue(Virtqueue):
 
     def add(self, readable: Sequence[Region] = (), writable: Sequence[Region] = (),
             token: Any = None) -> int:
-        self._check_open()
-        pack = _DESC.pack_into
-        if len(readable) + len(writable) == 1:           # the common case, without lists
-            r = readable[0] if readable else writable[0]
+        if self._closed:
+            self._check_open()
+        # The common case, one part and no lists: every check of the general path
+        # (closed, size 0..4 GiB - 1, a free descriptor) before anything changes.
+        if writable:
+            r = writable[0] if not readable and len(writable) == 1 else None
+            flag = _F_WRITE
+        else:
+            r = readable[0] if len(readable) == 1 else None
+            flag = 0
+        if r is not None:
             size = r.size
-            if size > _U32_MAX:
+            if not 0 <= size <= _U32_MAX:
                 raise errors.InvalidArgumentError(
                     f"a descriptor holds at most 4 GiB - 1, not {size} bytes", device=self.name)
-            if not self._free:
+            free = self._free
+            if not free:
                 raise errors.QueueFullError(f"no free descriptor ({self.size} in flight)",
                                             device=self.name)
-            head = self._free.pop()
-            pack(self._dv, head * 16, r.addr, size, _F_WRITE if writable else 0, 0)
-            self._chains[head] = (head if token is None else token, (head,))
-            self._ah[2 + (self._avail_idx & self._mask)] = head
-            self._avail_idx = (self._avail_idx + 1) & 0xFFFF
+            head = free.pop()
+            _pack_desc(self._dv, head << 4, r.addr, size, flag, 0)
+            self._tokens[head] = head if token is None else token
+            idx = self._avail_idx
+            self._ah[2 + (idx & self._mask)] = head
+            self._avail_idx = (idx + 1) & 0xFFFF
             self._in_flight += 1
             return head
+        pack = _pack_desc
         parts = self._parts(readable, writable)
         n = len(parts)
         if self.indirect and n > 1:
@@ -427,7 +444,6 @@ class SplitQueue(Virtqueue):
                 else:
                     pack(self._iv, (base + i) * 16, addr, size, flag, 0)
             pack(self._dv, head * 16, self._itable.addr + base * 16, n * 16, _F_INDIRECT, 0)
-            ids: tuple = (head,)
         else:
             if n > self.size:
                 raise self._too_long(n, self.size, "the ring")
@@ -442,14 +458,17 @@ class SplitQueue(Virtqueue):
                 else:
                     pack(self._dv, ids[i] * 16, addr, size, flag, 0)
             head = ids[0]
-        self._chains[head] = (head if token is None else token, ids)
+            if n > 1:
+                self._chain_ids[head] = ids
+        self._tokens[head] = head if token is None else token
         self._ah[2 + (self._avail_idx & self._mask)] = head
         self._avail_idx = (self._avail_idx + 1) & 0xFFFF
         self._in_flight += 1
         return head
 
     def publish(self) -> None:
-        self._check_open()
+        if self._closed:
+            self._check_open()
         _smp_wmb()                       # descriptors and ring entries before the index
         self._ah[1] = self._avail_idx
 
@@ -465,7 +484,8 @@ class SplitQueue(Virtqueue):
         return not (self._uh[0] & lib.VRING_USED_F_NO_NOTIFY)
 
     def used(self, limit: int = 1 << 30) -> List[Used]:
-        self._check_open()
+        if self._closed:
+            self._check_open()
         last = self._last_used
         idx = self._uh[1]
         if idx == last:
@@ -477,25 +497,28 @@ class SplitQueue(Virtqueue):
                 f"device returned {count} buffers with {self._in_flight} in flight",
                 device=self.name, remedy="the device broke the ring protocol; reset it")
         out = []
-        unpack = _USED_ELEM.unpack_from
+        append = out.append
+        unpack = _unpack_used
         ub = self._ub
-        chains = self._chains
+        tokens = self._tokens
+        chain_ids = self._chain_ids
         free = self._free
         mask = self._mask
         size = self.size
         for _ in range(count):
             head, length = unpack(ub, 4 + 8 * (last & mask))
-            chain = chains[head] if head < size else None
-            if chain is None:
+            token = tokens[head] if head < size else None
+            if token is None:
                 raise errors.PyvfioError(f"device returned descriptor {head}, which is not in flight",
                                          device=self.name, remedy="reset the device")
-            chains[head] = None
-            ids = chain[1]
-            if len(ids) == 1:
-                free.append(ids[0])
+            tokens[head] = None
+            ids = chain_ids[head]
+            if ids is None:
+                free.append(head)
             else:
+                chain_ids[head] = None
                 free.extend(ids)
-            out.append(Used(chain[0], length, head))
+            append(_tuple_new(Used, (token, length, head)))
             last = (last + 1) & 0xFFFF
         self._last_used = last
         self._in_flight -= count

@@ -134,7 +134,7 @@ def test_qemu_command_with_iommu(tmp_path: Path) -> None:
     assert cmd[0] == "qemu"
     assert "-machine q35,kernel-irqchip=split" in line
     assert "-device intel-iommu,intremap=on,caching-mode=on" in line
-    assert "-cpu Nehalem -smp 1" in line and "-accel tcg" in line
+    assert "-cpu qemu64 -smp 1" in line and "-accel tcg" in line
     assert "-kernel /k/vmlinux -initrd /k/initrd" in line
     append = cmd[cmd.index("-append") + 1]
     assert "intel_iommu=on" in append.split() and "console=ttyS0" in append.split()

@@ -201,7 +201,8 @@ def test_closed_objects(uio_env):
         bar, irq = dev.map(0), dev.interrupt
         dev.close()
         dev.close()                                           # twice is fine
-        for call in (lambda: dev.map(0), lambda: bar.read32(0), lambda: irq.wait(0.01),
+        for call in (lambda: dev.map(0), lambda: bar.read32(0), lambda: bar.write32(0, 1),
+                     lambda: irq.wait(0.01),
                      lambda: irq.pending(), lambda: dev.config, lambda: irq.enable()):
             with pytest.raises(errors.ClosedError) as exc:
                 call()
