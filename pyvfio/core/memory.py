@@ -66,9 +66,9 @@ class DmaBuffer:
                     flags |= os.MFD_HUGETLB | (self.page_size.bit_length() - 1) << _MFD_HUGE_SHIFT
                 self.fd = self._memfd(name, flags)
                 try:
-                    os.ftruncate(self.fd, self.size)
+                    syscalls.ftruncate(self.fd, self.size)
                     self._mmap = syscalls.mmap(self.fd, self.size, what="DMA buffer")
-                except (OSError, errors.PyvfioError) as exc:
+                except OSError as exc:
                     raise self._huge_error(exc) from None
             self._ptr = ffi.from_buffer("char[]", self._mmap)
             self.vaddr = int(ffi.cast("uintptr_t", self._ptr))
@@ -78,13 +78,14 @@ class DmaBuffer:
 
     def _memfd(self, name: str, flags: int) -> int:
         try:
-            fd = os.memfd_create(name, flags)
+            return syscalls.memfd_create(name, flags)
         except OSError as exc:
             raise self._huge_error(exc) from None
-        return syscalls.adopt(fd, f"memfd:{name}")
 
     def _huge_error(self, exc: OSError) -> errors.PyvfioError:
         if self.kind != "hugetlb":
+            if isinstance(exc, errors.PyvfioError):
+                return exc
             return errors.from_errno(exc.errno or 0, op="memfd_create")
         mb = self.page_size >> 20
         return errors.PyvfioError(
@@ -145,9 +146,7 @@ class DmaBuffer:
         """
         self._bounds(offset, 1)
         if not self._locked:
-            from pyvfio.core.uapi import lib
-            if lib.mlock(self._ptr, self.size) != 0:
-                raise errors.from_errno(ffi.errno, op="mlock", dma=True)
+            syscalls.mlock(self._ptr, self.size)
             self._locked = True
         vaddr = self.vaddr + offset
         fd = syscalls.open("/proc/self/pagemap", os.O_RDONLY)
@@ -168,18 +167,35 @@ class DmaBuffer:
         return self._mmap is None
 
     def close(self) -> None:
-        """Remove the buffer's IOMMU mappings, then free the memory."""
-        for space in list(self.spaces):
-            space.unmap_buffer(self)
-        if self._ptr is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
+        """Free the memory and remove the buffer's IOMMU mappings.
+
+        Refused with :class:`~pyvfio.errors.BusyError`, changing nothing, while
+        memoryviews or arrays of the buffer are alive.  Otherwise everything
+        is released even when a step fails (the kernel keeps pinned pages
+        until their IOMMU mapping goes, so freeing first is safe); the first
+        error is raised at the end.
+        """
         if self._mmap is not None:
-            syscalls.munmap(self._mmap)
+            if self._ptr is not None:           # our own export: drop it to see others'
+                ffi.release(self._ptr)
+                self._ptr = None
+            try:
+                syscalls.munmap(self._mmap)
+            except errors.BusyError:
+                self._ptr = ffi.from_buffer("char[]", self._mmap)   # as before: nothing changed
+                raise
             self._mmap = None
+        first: Optional[BaseException] = None
+        for space in list(self.spaces):
+            try:
+                space.unmap_buffer(self)
+            except errors.PyvfioError as exc:
+                first = first or exc
         if self.fd is not None:
-            syscalls.close(self.fd)
-            self.fd = None
+            fd, self.fd = self.fd, None
+            syscalls.close(fd)
+        if first is not None:
+            raise first
 
     def __enter__(self) -> "DmaBuffer":
         return self

@@ -10,22 +10,32 @@ call, the path of the file descriptor and a remedy.
 The module also keeps account of the descriptors and mappings it handed out,
 so that tests (and users) can check that nothing leaked: :func:`open_fds`,
 :func:`live_mappings`.
+
+Fault injection: inside ``with fail_nth(k, errno.ENOMEM) as inj:`` the k-th
+system call made through this module by the current thread fails with that
+errno before it reaches the backend (the way ``/proc/thread-self/fail-nth``
+fails the k-th allocation in the kernel); ``inj.calls`` counts the calls,
+``inj.fired`` says whether one was failed.  Release calls (close, munmap,
+munlock) are never failed: Linux releases the fd or mapping even when they
+report an error, so failing them tests nothing real.
 """
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import mmap as _mmap
 import os
 import select
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from pyvfio import errors
 
 __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
-    "open_fds", "live_mappings", "ioctl_name",
+    "open_fds", "live_mappings", "ioctl_name", "memfd_create", "ftruncate", "mlock",
+    "munlock", "FaultInjector", "fail_nth", "RELEASE_CALLS", "TYPICAL_ERRNO",
 ]
 
 
@@ -83,6 +93,22 @@ class Kernel:
             raise OSError(err, os.strerror(err))
         return fd
 
+    def memfd_create(self, name: str, flags: int) -> int:
+        return os.memfd_create(name, flags)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def mlock(self, ptr: Any, length: int) -> None:
+        if self._lib.mlock(ptr, length) != 0:
+            err = self._ffi.errno
+            raise OSError(err, os.strerror(err))
+
+    def munlock(self, ptr: Any, length: int) -> None:
+        if self._lib.munlock(ptr, length) != 0:
+            err = self._ffi.errno
+            raise OSError(err, os.strerror(err))
+
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         p = select.poll()
         for fd, events in fds:
@@ -94,6 +120,91 @@ _backend: Any = None
 _lock = threading.Lock()
 _fds: Dict[int, str] = {}            # fd -> path (or a description)
 _maps: Dict[int, Tuple[Any, str]] = {}  # id(mapping) -> (mapping, description)
+
+
+# -- fault injection ---------------------------------------------------------------
+
+#: Calls that release something; never failed by :func:`fail_nth`.
+RELEASE_CALLS = frozenset({"close", "munmap", "munlock"})
+
+_armed = 0                       # injectors active in any thread (fast path: 0)
+_tls = threading.local()
+
+
+#: The errno a failing call of each kind typically returns (what :func:`fail_nth` injects
+#: when no errno is given).
+TYPICAL_ERRNO: Dict[str, int] = {
+    "open": _errno.ENOMEM, "ioctl": _errno.ENOMEM, "mmap": _errno.ENOMEM,
+    "eventfd": _errno.EMFILE, "memfd_create": _errno.EMFILE, "ftruncate": _errno.ENOSPC,
+    "mlock": _errno.ENOMEM, "read": _errno.EIO, "write": _errno.EIO, "pread": _errno.EIO,
+    "pwrite": _errno.EIO, "poll": _errno.ENOMEM,
+}
+
+
+class FaultInjector:
+    """The state of one :func:`fail_nth` block in one thread.
+
+    ``calls`` counts the system calls seen (release calls excluded) and
+    ``trace`` names them; ``fired`` is the name of the call that was failed
+    (None if none) and ``errno`` what it failed with; ``k == 0`` only counts.
+    """
+
+    def __init__(self, k: int, err: Optional[int], ops: Optional[FrozenSet[str]]) -> None:
+        self.k = k
+        self.errno = err
+        self.ops = ops
+        self.calls = 0
+        self.fired: Optional[str] = None
+        self.trace: List[str] = []
+
+    def _check(self, op: str) -> None:
+        if op in RELEASE_CALLS or (self.ops is not None and op not in self.ops):
+            return
+        self.calls += 1
+        self.trace.append(op)
+        if self.calls == self.k:
+            self.fired = op
+            if self.errno is None:
+                self.errno = TYPICAL_ERRNO.get(op, _errno.ENOMEM)
+            raise OSError(self.errno, os.strerror(self.errno))
+
+
+@contextlib.contextmanager
+def fail_nth(k: int, err: Optional[int] = None, *,
+             ops: Optional[Iterable[str]] = None) -> Iterator[FaultInjector]:
+    """Fail the ``k``-th system call (1-based) of this thread inside the block.
+
+    It fails with ``err``, or the call's typical errno (:data:`TYPICAL_ERRNO`)
+    if None.  ``k=0`` fails nothing and just counts.  ``ops`` limits which
+    calls count (names of this module's functions: ``"ioctl"``, ``"open"``,
+    ``"mmap"`` ...).  The failure takes the library's normal error path, so
+    the caller sees the :mod:`pyvfio.errors` exception a real failure gives.
+    """
+    global _armed
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise errors.InvalidArgumentError(f"fail_nth: k must be an int >= 0, not {k!r}")
+    if err is not None and (isinstance(err, bool) or not isinstance(err, int)
+                            or not 0 < err < 4096):
+        raise errors.InvalidArgumentError(f"fail_nth: err must be an errno (1..4095), not {err!r}")
+    if getattr(_tls, "injector", None) is not None:
+        raise errors.BusyError("fail_nth blocks do not nest in one thread", op="fail_nth")
+    inj = FaultInjector(k, err, frozenset(ops) if ops is not None else None)
+    _tls.injector = inj
+    with _lock:
+        _armed += 1
+    try:
+        yield inj
+    finally:
+        _tls.injector = None
+        with _lock:
+            _armed -= 1
+
+
+def _inject(op: str) -> None:
+    """Raise the injected OSError if this is the call to fail (called by every wrapper)."""
+    inj = getattr(_tls, "injector", None)
+    if inj is not None:
+        inj._check(op)
 
 
 def backend() -> Any:
@@ -144,6 +255,8 @@ def _fail(exc: OSError, op: str, path: Optional[str], device: Optional[str],
 def open(path: str, flags: int = os.O_RDWR, *, device: Optional[str] = None) -> int:  # noqa: A001
     """open(2) a device node or file; the fd is remembered until :func:`close`."""
     try:
+        if _armed:
+            _inject("open")
         fd = backend().open(path, flags)
     except OSError as exc:
         raise _fail(exc, "open", path, device) from None
@@ -218,6 +331,8 @@ def ioctl(fd: int, request: int, arg: Any = None, *, device: Optional[str] = Non
     """
     b = _backend if _backend is not None else backend()
     try:
+        if _armed:
+            _inject("ioctl")
         return b.ioctl(fd, request, arg)
     except OSError as exc:
         path = _fds.get(fd, f"fd {fd}")
@@ -229,6 +344,8 @@ def mmap(fd: int, length: int, offset: int = 0, *, prot: int = _mmap.PROT_READ |
          what: str = "mapping") -> _mmap.mmap:
     """mmap(2) ``length`` bytes of ``fd`` at ``offset`` (fd -1: anonymous memory)."""
     try:
+        if _armed:
+            _inject("mmap")
         m = backend().mmap(fd, length, prot, flags, offset)
     except (OSError, ValueError) as exc:
         err = getattr(exc, "errno", None) or 22
@@ -263,6 +380,8 @@ def munmap(mapping: _mmap.mmap) -> None:
 def pread(fd: int, size: int, offset: int, *, device: Optional[str] = None) -> bytes:
     """pread(2): read ``size`` bytes at ``offset``."""
     try:
+        if _armed:
+            _inject("pread")
         data = backend().pread(fd, size, offset)
     except OSError as exc:
         raise _fail(exc, "pread", _fds.get(fd, f"fd {fd}"), device) from None
@@ -277,6 +396,8 @@ def pwrite(fd: int, data: Union[bytes, bytearray, memoryview], offset: int, *,
            device: Optional[str] = None) -> int:
     """pwrite(2): write ``data`` at ``offset``."""
     try:
+        if _armed:
+            _inject("pwrite")
         n = backend().pwrite(fd, data, offset)
     except OSError as exc:
         raise _fail(exc, "pwrite", _fds.get(fd, f"fd {fd}"), device) from None
@@ -290,6 +411,8 @@ def pwrite(fd: int, data: Union[bytes, bytearray, memoryview], offset: int, *,
 def read(fd: int, size: int, *, device: Optional[str] = None) -> bytes:
     """read(2)."""
     try:
+        if _armed:
+            _inject("read")
         return backend().read(fd, size)
     except OSError as exc:
         raise _fail(exc, "read", _fds.get(fd, f"fd {fd}"), device) from None
@@ -298,6 +421,8 @@ def read(fd: int, size: int, *, device: Optional[str] = None) -> bytes:
 def write(fd: int, data: bytes, *, device: Optional[str] = None) -> int:
     """write(2)."""
     try:
+        if _armed:
+            _inject("write")
         return backend().write(fd, data)
     except OSError as exc:
         raise _fail(exc, "write", _fds.get(fd, f"fd {fd}"), device) from None
@@ -306,6 +431,8 @@ def write(fd: int, data: bytes, *, device: Optional[str] = None) -> int:
 def eventfd(initval: int = 0, flags: int = 0, *, what: str = "eventfd") -> int:
     """eventfd(2); the fd is accounted like an opened one and closed with :func:`close`."""
     try:
+        if _armed:
+            _inject("eventfd")
         fd = backend().eventfd(initval, flags)
     except OSError as exc:
         raise _fail(exc, "eventfd", None, None) from None
@@ -318,6 +445,64 @@ def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple
     """poll(2) on (fd, events) pairs; ``timeout`` in seconds, None waits forever."""
     ms = None if timeout is None else max(0, int(timeout * 1000))
     try:
+        if _armed:
+            _inject("poll")
         return backend().poll(fds, ms)
     except OSError as exc:
         raise _fail(exc, "poll", None, None) from None
+
+
+def _newer(name: str) -> Any:
+    """A backend's method for a call added after some backends were written: the
+    real kernel's when the backend has none (test doubles that predate it)."""
+    method = getattr(backend(), name, None)
+    if method is None:
+        global _real
+        if _real is None:
+            _real = Kernel()
+        method = getattr(_real, name)
+    return method
+
+
+_real: Optional[Kernel] = None
+
+
+def memfd_create(name: str, flags: int) -> int:
+    """memfd_create(2); the fd is accounted and closed with :func:`close`."""
+    try:
+        if _armed:
+            _inject("memfd_create")
+        fd = _newer("memfd_create")(name, flags)
+    except OSError as exc:
+        raise _fail(exc, "memfd_create", f"memfd:{name}", None) from None
+    with _lock:
+        _fds[fd] = f"memfd:{name}"
+    return fd
+
+
+def ftruncate(fd: int, length: int) -> None:
+    """ftruncate(2): give a memfd its size."""
+    try:
+        if _armed:
+            _inject("ftruncate")
+        _newer("ftruncate")(fd, length)
+    except OSError as exc:
+        raise _fail(exc, "ftruncate", _fds.get(fd, f"fd {fd}"), None) from None
+
+
+def mlock(ptr: Any, length: int, *, device: Optional[str] = None) -> None:
+    """mlock(2) ``length`` bytes at the cffi pointer ``ptr`` (ENOMEM: the memlock limit)."""
+    try:
+        if _armed:
+            _inject("mlock")
+        _newer("mlock")(ptr, length)
+    except OSError as exc:
+        raise _fail(exc, "mlock", None, device, dma=True) from None
+
+
+def munlock(ptr: Any, length: int) -> None:
+    """munlock(2)."""
+    try:
+        _newer("munlock")(ptr, length)
+    except OSError as exc:
+        raise _fail(exc, "munlock", None, None) from None

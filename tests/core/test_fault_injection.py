@@ -1,0 +1,155 @@
+"""Fault injection at every step: each setup sequence is run with its k-th system
+call failed, for k = 1, 2, ... until a run completes.
+
+Every run must end in a library error (never a foreign exception, never a
+failure silently absorbed), and everything the run acquired must be back:
+descriptors and eventfds, mappings, the mock kernel's DMA mappings and locked
+memory, the process's VmLck/VmPin.
+
+On the host the failure is injected in :mod:`pyvfio.core.syscalls` against
+the mock kernel.  In a lab guest with the full kernel the same sequences run
+against the real drivers, first with the syscall-layer injection, then with
+the kernel's own ``/proc/thread-self/fail-nth`` (failslab + fail_page_alloc),
+which fails the k-th allocation the kernel makes inside our calls.
+
+Adding a family is one line in SEQUENCES: a name, the fixture that gives the
+environment, and a function that runs the sequence in ``with`` blocks.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Dict, List, Tuple
+
+import pytest
+
+from pyvfio import errors
+from pyvfio.core import faults
+from pyvfio.core.memory import DmaBuffer
+
+pytestmark = pytest.mark.device
+
+REPORT: List[faults.Run] = []
+
+
+def _bus_address(dev: Any, buf: DmaBuffer, offset: int = 0) -> int:
+    bus_address = getattr(dev, "bus_address", None)
+    if bus_address is not None:
+        return int(bus_address(buf, offset))
+    if dev.dma is None:
+        return buf.physical_address(offset)
+    return dev.dma.map(buf, dma_mask_bits=28).iova + offset
+
+
+def vfio_open_map_irq(env: Any) -> None:
+    """Open the device, map its BAR, map a buffer for DMA, DMA, enable MSI, take one."""
+    from pyvfio.drivers.edu import Edu
+    with env.open() as dev:
+        edu = Edu(dev, timeout=5.0)
+        with DmaBuffer(4096) as buf:
+            buf.write(0, b"fail-nth")
+            edu.to_device(_bus_address(dev, buf), 8)
+            msi = dev.msi
+            msi.enable()
+            edu.raise_irq(0x1)
+            assert msi.wait(timeout=5) == 1
+            edu.ack_irq(0x1)
+
+
+# VFIO sequences run on each IOMMU path (the vfio_edu fixture): name -> sequence
+VFIO_SEQUENCES: Dict[str, Callable[[Any], None]] = {
+    "vfio open+map+irq": vfio_open_map_irq,
+}
+
+# other families: name -> (fixture giving the environment, sequence)
+SEQUENCES: Dict[str, Tuple[str, Callable[[Any], None]]] = {
+}
+
+
+def _env(value: Any) -> Callable[[], Any]:
+    return lambda: contextlib.nullcontext(value)
+
+
+def _snapshot(value: Any) -> Dict[str, Any]:
+    return faults.resources(getattr(value, "mock", None))
+
+
+def _check(rows: List[faults.Run]) -> None:
+    REPORT.extend(rows)
+    print("\n" + faults.format_table(rows))
+    assert rows[-1].outcome == "ok", rows[-1]
+    bad = [r for r in rows if not r.good]
+    assert not bad, "\n" + faults.format_table(bad) + "".join(
+        f"\n{r.k}: {r.raised!r}" for r in bad if r.raised is not None)
+    # every failed call was reported with the errno injected for it
+    for r in rows[:-1]:
+        assert isinstance(r.raised, errors.PyvfioError)
+        assert r.raised.errno == r.errno, (r.k, r.op, r.raised)
+    assert len(rows) > 5                 # the sequence makes system calls at all
+
+
+@pytest.mark.parametrize("name", sorted(VFIO_SEQUENCES))
+def test_vfio_every_syscall_failed_in_turn(vfio_edu, name):
+    _check(faults.explore(f"{name} [{vfio_edu.path}]", VFIO_SEQUENCES[name],
+                          env=_env(vfio_edu), snapshot=_snapshot))
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCES))
+def test_every_syscall_failed_in_turn(request, name):
+    fixture, sequence = SEQUENCES[name]
+    value = request.getfixturevalue(fixture)
+    _check(faults.explore(name, sequence, env=_env(value), snapshot=_snapshot))
+
+
+def _kernel_fail_nth_ready(lab_target) -> None:
+    if lab_target.kind != "real":
+        pytest.skip("the kernel's fail-nth needs a real kernel (lab guest)")
+    if not os.path.exists("/proc/thread-self/fail-nth"):
+        pytest.skip(f"kernel {lab_target.kernel} has no CONFIG_FAULT_INJECTION (full kernel has)")
+    if not os.path.exists("/sys/kernel/debug/failslab"):
+        os.system("mount -t debugfs none /sys/kernel/debug >/dev/null 2>&1")
+    faults.setup_kernel_fault_injection()
+
+
+def test_kernel_fail_nth_vfio(lab_target, vfio_edu):
+    """The kernel fails its k-th allocation inside our calls; every k until the sequence completes."""
+    _kernel_fail_nth_ready(lab_target)
+    rows = faults.explore(f"vfio open+map+irq [{vfio_edu.path}] fail-nth", vfio_open_map_irq,
+                          env=_env(vfio_edu), snapshot=_snapshot, inject="kernel")
+    REPORT.extend(rows)
+    print("\n" + faults.format_table(rows))
+    assert rows[-1].outcome == "ok", rows[-1]
+    bad = [r for r in rows if r.leaks or r.foreign]
+    assert not bad, "\n" + faults.format_table(bad)
+
+
+def test_syscall_layer_injection_itself():
+    """fail_nth: counts calls, fails exactly the k-th with the errno given, refuses bad k."""
+    import errno
+    from pyvfio.core import syscalls
+    with syscalls.fail_nth(0) as inj:
+        fd = syscalls.eventfd()
+        syscalls.write(fd, (1).to_bytes(8, "little"))
+        syscalls.close(fd)
+    assert (inj.calls, inj.trace, inj.fired) == (2, ["eventfd", "write"], None)
+    with syscalls.fail_nth(2, errno.EINTR) as inj:
+        fd = syscalls.eventfd()
+        with pytest.raises(errors.PyvfioError) as ei:
+            syscalls.write(fd, (1).to_bytes(8, "little"))
+        syscalls.close(fd)
+    assert (inj.fired, ei.value.errno, ei.value.op) == ("write", errno.EINTR, "write")
+    with syscalls.fail_nth(1) as inj:
+        with pytest.raises(errors.PyvfioError) as ei:
+            syscalls.eventfd()
+    assert ei.value.errno == errno.EMFILE           # eventfd's typical errno
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(errors.InvalidArgumentError):
+            with syscalls.fail_nth(bad):             # type: ignore[arg-type]
+                pass
+    with pytest.raises(errors.InvalidArgumentError):
+        with syscalls.fail_nth(1, 0):
+            pass
+    with syscalls.fail_nth(0):
+        with pytest.raises(errors.BusyError):
+            with syscalls.fail_nth(1):
+                pass
