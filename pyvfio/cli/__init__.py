@@ -29,7 +29,9 @@ def reports_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every topic's subcommands registered."""
+    from pyvfio import __version__
     parser = argparse.ArgumentParser(prog="pyvfio", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pyvfio {__version__}")
     subparsers = parser.add_subparsers(dest="topic", metavar="COMMAND", required=True)
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
         importlib.import_module(f"{__name__}.{module}").register(subparsers)
