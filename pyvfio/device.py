@@ -258,7 +258,7 @@ def _locate(name: str, sysfs: str, devroot: str):
     if not driver or "vfio" not in driver:
         raise errors.NotBoundError(
             f"not bound to vfio-pci (driver: {driver or 'none'})", device=dev.name,
-            remedy=f"pyvfio bind {dev.name}")
+            remedy=dev.bind_remedy("vfio-pci"))
     return dev
 
 

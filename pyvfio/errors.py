@@ -36,7 +36,10 @@ class PyvfioError(OSError):
         self.op = op
         self.path = path
         self.device = device
-        self.remedy = remedy if remedy is not None else self.default_remedy
+        self.remedy = remedy if remedy is not None else self._default_remedy()
+
+    def _default_remedy(self) -> Optional[str]:
+        return self.default_remedy
 
     def __str__(self) -> str:
         parts = []
@@ -73,6 +76,13 @@ class PermissionDeniedError(PyvfioError, PermissionError):
     """EPERM/EACCES: the caller may not use this node."""
     default_remedy = ("run as root, or give your user the device node "
                       "(e.g. `chown $USER /dev/vfio/N`) and a sufficient RLIMIT_MEMLOCK")
+
+    def _default_remedy(self) -> Optional[str]:
+        if os.geteuid() == 0:       # advising root to run as root helps nobody
+            return ("the kernel refused root: a capability is missing (a container or "
+                    "user namespace?), or a security module (SELinux, AppArmor, lockdown) "
+                    "forbids it; see `dmesg | tail`")
+        return self.default_remedy
 
 
 class NotSupportedError(PyvfioError):

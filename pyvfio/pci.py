@@ -171,8 +171,16 @@ def _write_attr(path: str, value: str, *, device: Optional[str] = None,
         err = exc.errno if exc.errno is not None else _errno.EIO
         if err in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
             cls: type = errors.PermissionDeniedError
-            remedy = ("run as root: sysfs attributes that bind drivers, create devices "
-                      "or enable VFs are writable by root only")
+            if err == _errno.EROFS:
+                remedy = ("sysfs is mounted read-only here (a container?): do this on the "
+                          "host, or remount /sys read-write")
+            elif os.geteuid() == 0:
+                remedy = ("the kernel refused root: sysfs may be read-only in this container "
+                          "(`grep sysfs /proc/mounts`) or kernel lockdown forbids it "
+                          "(`cat /sys/kernel/security/lockdown`)")
+            else:
+                remedy = ("run as root: sysfs attributes that bind drivers, create devices "
+                          "or enable VFs are writable by root only")
         else:
             cls = type(errors.from_errno(err))
         shown = value.strip() or repr(value)
@@ -277,8 +285,23 @@ def modprobe(module: str) -> None:
         said = proc.stderr.decode(errors="replace").strip()
         raise errors.ModuleMissingError(
             f"cannot load kernel module {module}" + (f": {said}" if said else ""),
-            remedy=f"run as root, or install the module for the running kernel "
-                   f"(`modinfo {module}` finds it when it is installed)")
+            remedy=(f"install the module for the running kernel (`modinfo {module}` finds it "
+                    f"when it is installed)" if os.geteuid() == 0 else
+                    f"run as root, or install the module for the running kernel "
+                    f"(`modinfo {module}` finds it when it is installed)"))
+
+
+def host_has_iommu_groups(sysfs: str = "/sys") -> bool:
+    """Whether the kernel made any IOMMU group (none: the IOMMU is off or absent)."""
+    try:
+        return bool(os.listdir(os.path.join(sysfs, IOMMU_GROUPS)))
+    except OSError:
+        return False
+
+
+IOMMU_OFF_REMEDY = ("the IOMMU is off (the kernel made no IOMMU groups): enable VT-d/AMD-Vi "
+                    "in the firmware and boot with intel_iommu=on (or amd_iommu=on), or "
+                    "accept unsafe no-IOMMU mode (`modprobe vfio enable_unsafe_noiommu_mode=1`)")
 
 
 # --------------------------------------------------------------------------- devices
@@ -448,6 +471,25 @@ class PciDevice:
         if blockers:
             raise not_viable_error(group, blockers, device=self.name)
 
+    @property
+    def is_bridge(self) -> bool:
+        """A host bridge (class 0x0600) or a PCI-to-PCI/CardBus bridge (header type 1, 2)."""
+        return self.class_code >> 8 == 0x0600 or self.header_type not in (None, 0)
+
+    def bind_remedy(self, driver: str = "vfio-pci") -> str:
+        """How to hand this device to ``driver``, or why that cannot work."""
+        opt = "" if driver == "vfio-pci" else f" --driver {driver}"
+        cmd = f"`pyvfio bind {self.name}{opt}`"
+        if "vfio" not in driver:
+            return cmd
+        if self.is_bridge:
+            kind = "a host bridge" if self.class_code >> 8 == 0x0600 else "a bridge"
+            return (f"{self.name} is {kind}, which VFIO cannot take: choose an endpoint "
+                    "device (`pyvfio ls`)")
+        if not host_has_iommu_groups(self.sysfs):
+            return f"{IOMMU_OFF_REMEDY}; then {cmd}"
+        return cmd
+
     def check_bound(self, driver: str = "vfio-pci") -> None:
         """Raise :class:`NotBoundError` unless the device is bound to ``driver``."""
         now = self.driver
@@ -455,7 +497,7 @@ class PciDevice:
             opt = "" if driver == "vfio-pci" else f" --driver {driver}"
             raise errors.NotBoundError(
                 f"bound to {now or 'no driver'}, not {driver}", device=self.name,
-                remedy=f"`pyvfio bind {self.name}{opt}`")
+                remedy=self.bind_remedy(driver))
 
     # ----------------------------------------------------------------- binding
     def _write(self, path: str, value: str, remedy: Optional[str] = None) -> None:
