@@ -236,7 +236,7 @@ def pipe_family(stack: contextlib.ExitStack, baselines: bool) -> Family:
 
 def ioctl_families(dev: Any, baselines: bool) -> List[Family]:
     """Cheap VFIO ioctls: an int argument, and small structs read and written in place."""
-    from pyvfio.irq import irq_info
+    from pyvfio.vfio.irq import irq_info
 
     container, group, dfd = dev.dma, dev.group, dev.fd
     cfd, gfd = container.fd, group.fd
@@ -668,7 +668,7 @@ ROWS: List[Tuple[str, str, str, str, str]] = [
      "syscalls.ioctl(dev, req, preallocated cffi struct) | "
      "fcntl.ioctl(dev, req, preallocated bytearray, True) | ioctl() on a stack struct"),
     ("GET_IRQ_INFO: irq.irq_info()", "irqinfo.py", "irqinfo.fc", "irq_info",
-     "pyvfio.irq.irq_info(fd, MSI) -> IrqInfo | struct.unpack(fcntl.ioctl(fd, req, "
+     "pyvfio.vfio.irq.irq_info(fd, MSI) -> IrqInfo | struct.unpack(fcntl.ioctl(fd, req, "
      "struct.pack(...))) | ioctl() on a stack struct"),
     ("GROUP_GET_STATUS: Group.status", "gstatus.py", "gstatus.fc", "group_status",
      "Group.status | struct.unpack(fcntl.ioctl(fd, req, struct.pack(...)))[1] | ioctl()"),
@@ -820,15 +820,14 @@ def mock_benchmarks(settings: Settings, cells: Dict[str, Cell]) -> Optional[str]
         from pyvfio.mock import EduModel, MockKernel
     except ImportError as exc:
         return f"pyvfio.mock is not available ({exc})"
-    from pyvfio.device import open_device
+    from pyvfio.vfio.open import open_device
     bdf = "0000:00:10.0"
     with tempfile.TemporaryDirectory(prefix="pyvfio-bench-mock-") as tmp:
         kernel = MockKernel(tmp, devices=[EduModel(bdf=bdf, group=5)], iommu="type1")
         with contextlib.ExitStack() as stack:
             bufs = dma_buffers(stack, huge=False)        # real memory, made outside the mock
-            with syscalls.use(kernel):
-                dev = open_device(bdf, iommu="container", sysfs=kernel.sysfs,
-                                  devroot=kernel.devroot)
+            with kernel.installed():
+                dev = open_device(bdf, iommu="container")
                 try:
                     python_device_benchmarks(dev, settings, False, bufs, cells, {})
                 finally:
@@ -861,7 +860,7 @@ class Results:
 def device_benchmarks(res: Results, settings: Settings, bdf_wanted: Optional[str],
                       exe: Optional[str]) -> bool:
     """The device benchmarks on a real edu device; False (and a note) if there is none."""
-    from pyvfio.device import open_device
+    from pyvfio.vfio.open import open_device
     with contextlib.ExitStack() as stack:
         try:
             _, bdf, group_path = stack.enter_context(edu_device(bdf_wanted))

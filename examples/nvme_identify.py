@@ -25,7 +25,7 @@ from typing import List, Optional, Set
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyvfio import errors, pci  # noqa: E402
-from pyvfio.device import open_device  # noqa: E402
+from pyvfio.vfio.open import open_device  # noqa: E402
 from pyvfio.drivers.nvme import CLASS_CODE, Nvme  # noqa: E402
 
 

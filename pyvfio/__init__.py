@@ -22,15 +22,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "PyvfioError": "errors",
     "PciDevice": "pci",
-    "Container": "container",
-    "Group": "group",
+    "Container": "vfio.container",
+    "Group": "vfio.group",
     "IommuFd": "iommufd",
-    "Device": "device",
-    "Region": "region",
-    "Irq": "irq",
-    "DmaBuffer": "dma",
-    "IovaAllocator": "dma",
-    "open_device": "device",
+    "Device": "vfio.device",
+    "Region": "vfio.region",
+    "Irq": "vfio.irq",
+    "DmaBuffer": "core.memory",
+    "IovaAllocator": "core.iova",
+    "open_device": "vfio.open",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 
 from pyvfio import errors, pci
 from pyvfio.core import syscalls
-from pyvfio.device import open_device
+from pyvfio.vfio.open import open_device
 from pyvfio.core.memory import DmaBuffer
 from pyvfio.drivers import edu as edu_regs
 from .drivers.edu import Edu
@@ -29,7 +29,7 @@ def main(argv: Optional[List[str]] = None, out: Callable[[str], None] = print) -
     dev = pci.get(argv[0]) if argv else found[0]
     t0 = time.perf_counter()
     step = lambda text: out(f"[{time.perf_counter() - t0:6.3f}s] {text}")  # noqa: E731
-    pci.modprobe("vfio-pci")
+    syscalls.modprobe("vfio-pci")
     previous = dev.driver
     with dev.bound("vfio-pci"):
         step(f"bound {dev.name} to vfio-pci (was: {previous or 'no driver'}), "

@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.sysfs import host
 from pyvfio.core.space import DmaMapping, IoAddressSpace
 from pyvfio.core.uapi import ffi, lib
 
@@ -26,8 +27,8 @@ _U64_MAX = (1 << 64) - 1
 class IommuFd:
     """An open ``/dev/iommu``: the container of IOAS and device objects."""
 
-    def __init__(self, path: Optional[str] = None, *, devroot: str = "/dev") -> None:
-        self.path = path or os.path.join(devroot, "iommu")
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = path or host().dev_path("iommu")
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
         self.ioas_list: List["Ioas"] = []
 

@@ -66,22 +66,20 @@ def vfio_edu(request, lab_target, tmp_path):
                                   open=lambda: _open(dev.name, path))
         return
     mock_mod = pytest.importorskip("pyvfio.mock")
-    from pyvfio.core import syscalls
     bdf = "0000:00:10.0"
     kernel = mock_mod.MockKernel(str(tmp_path), devices=[mock_mod.EduModel(bdf=bdf, group=5)],
                                  iommu="none" if path == "noiommu" else "type1",
                                  iommufd=(path == "iommufd"))
-    with syscalls.use(kernel):
+    with kernel.installed():
         yield SimpleNamespace(path=path, bdf=bdf, target=lab_target, mock=kernel,
-                              open=lambda: _open(bdf, path, sysfs=kernel.sysfs,
-                                                 devroot=kernel.devroot))
+                              open=lambda: _open(bdf, path))
 
 
-def _open(bdf: str, path: str, **where):
-    from pyvfio.device import open_device
+def _open(bdf: str, path: str):
+    from pyvfio.vfio.open import open_device
     if path == "noiommu":
-        return open_device(bdf, iommu="container", allow_noiommu=True, **where)
-    return open_device(bdf, iommu=path, **where)
+        return open_device(bdf, iommu="container", allow_noiommu=True)
+    return open_device(bdf, iommu=path)
 
 
 def dma_address(device, buf, offset: int = 0) -> int:

@@ -15,13 +15,16 @@ the kernel would.  :meth:`FakeSysfs.modprobe` stands in for loading a module.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from pyvfio import errors, pci
+from pyvfio import errors
+from pyvfio.core import syscalls
+from pyvfio.core.sysfs import Host, use_host
 from pyvfio.pci import PciAddress
 
 __all__ = ["FakeSysfs"]
@@ -33,10 +36,11 @@ def _fail(err: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-class FakeSysfs:
+class FakeSysfs(syscalls.Kernel):
     """A fake sysfs tree under ``root/sys`` and device nodes under ``root/dev``."""
 
     def __init__(self, root: os.PathLike) -> None:
+        super().__init__()
         self.root = Path(root)
         self.sys = self.root / "sys"
         self.dev = self.root / "dev"
@@ -73,11 +77,20 @@ class FakeSysfs:
         """The fake /dev root, to pass as ``devroot=``."""
         return str(self.dev)
 
-    def install(self, monkeypatch) -> "FakeSysfs":
-        """Route pyvfio's sysfs writes and modprobe calls to this fake (pytest monkeypatch)."""
-        monkeypatch.setattr(pci, "_sysfs_write", self.write)
-        monkeypatch.setattr(pci, "modprobe", self.modprobe)
-        return self
+    @property
+    def host(self) -> Host:
+        """The machine this tree describes."""
+        return Host(sysfs=self.sysfs, dev=self.devroot)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["FakeSysfs"]:
+        """Make this tree the host, and this stand-in kernel answer sysfs writes and modprobe."""
+        with syscalls.use(self), use_host(self.host):
+            yield self
+
+    def write_file(self, path: str, data: bytes) -> int:
+        self.write(path, data)
+        return len(data)
 
     # ----------------------------------------------------------------- small helpers
     @staticmethod
@@ -243,15 +256,14 @@ class FakeSysfs:
         return devdir
 
     # ----------------------------------------------------------------- the stand-in kernel
-    def modprobe(self, module: str) -> None:
+    def modprobe(self, module: str) -> Tuple[int, str]:
         """Load ``module`` if it is in :attr:`loadable` (registering its PCI driver)."""
         self.modprobed.append(module)
         for candidate in (module, module.replace("_", "-"), module.replace("-", "_")):
             if candidate in self.loadable:
                 self.add_driver(candidate, self.loadable[candidate])
-                return
-        raise errors.ModuleMissingError(f"cannot load kernel module {module}: "
-                                        f"modprobe: FATAL: Module {module} not found")
+                return 0, ""
+        return 1, f"modprobe: FATAL: Module {module} not found"
 
     def write(self, path: str, data: bytes) -> None:
         """pyvfio's sysfs write, answered as the kernel's store functions would."""

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pyvfio import __version__
     parser = argparse.ArgumentParser(prog="pyvfio", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pyvfio {__version__}")
+    # another machine's sysfs and /dev (a copy, or the mock kernel's tree); for tests
+    parser.add_argument("--sysfs", help=argparse.SUPPRESS)
+    parser.add_argument("--dev", help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="topic", metavar="COMMAND", required=True)
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
         importlib.import_module(f"{__name__}.{module}").register(subparsers)
@@ -41,4 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
+    if args.sysfs or args.dev:
+        from pyvfio.core.sysfs import host, use_host
+        with use_host(host().with_roots(sysfs=args.sysfs, dev=args.dev)):
+            return int(args.func(args))
     return int(args.func(args))

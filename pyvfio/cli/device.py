@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from pyvfio import errors, pci
 from pyvfio.cli import reports_errors
 from pyvfio.cli.pci import device_record
-from pyvfio.irq import INDEX_NAMES
+from pyvfio.vfio.irq import INDEX_NAMES
 from pyvfio.core.uapi import lib
 
 __all__ = ["register", "device_report"]
@@ -30,22 +30,20 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     info.add_argument("bdf", metavar="BDF")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--iommu", choices=("auto", "iommufd", "container"), default="auto")
-    info.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)
     info.set_defaults(func=reports_errors(_info))
     reset = subparsers.add_parser("reset", help="reset a device bound to vfio-pci "
                                                 "(VFIO_DEVICE_RESET, or a hot reset with --bus)")
     reset.add_argument("bdf", metavar="BDF")
     reset.add_argument("--bus", action="store_true",
                        help="secondary bus reset (VFIO_DEVICE_PCI_HOT_RESET)")
-    reset.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)
     reset.set_defaults(func=reports_errors(_reset))
 
 
 def _open(args: argparse.Namespace):
-    from pyvfio.device import open_device
-    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    from pyvfio.vfio.open import open_device
+    dev = pci.get(args.bdf)
     dev.check_bound("vfio-pci")
-    return dev, open_device(dev.name, iommu=getattr(args, "iommu", "auto"), sysfs=args.sysfs,
+    return dev, open_device(dev.name, iommu=getattr(args, "iommu", "auto"),
                             allow_noiommu=True)
 
 

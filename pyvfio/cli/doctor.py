@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 from pyvfio import pci
 from pyvfio.cli import reports_errors
+from pyvfio.core import syscalls
 from pyvfio.core import sysfs as _sysfs
 
 __all__ = ["Check", "diagnose", "register", "parse_size"]
@@ -55,8 +56,7 @@ def _size(n: int) -> str:
 
 def _read(path: str) -> Optional[str]:
     try:
-        with open(path) as f:
-            return f.read().strip()
+        return syscalls.read_file(path).decode(errors="replace").strip()
     except OSError:
         return None
 
@@ -64,7 +64,7 @@ def _read(path: str) -> Optional[str]:
 def _iommu(host: _sysfs.Host) -> Check:
     units = sorted(os.listdir(host.sys_path("class", "iommu"))) \
         if os.path.isdir(host.sys_path("class", "iommu")) else []
-    groups = pci.host_has_iommu_groups(host.sysfs)
+    groups = pci.host_has_iommu_groups(host)
     cmdline = _read(host.proc_path("cmdline")) or ""
     if units:
         kinds = sorted({next((k for p, k in _IOMMU_KINDS if u.startswith(p)), u) for u in units})
@@ -225,10 +225,10 @@ def _groups(host: _sysfs.Host) -> List[Check]:
         return []
     out = []
     for g in numbers:
-        entries = pci.group_entries(g, host.sysfs)
+        entries = pci.group_entries(g, host)
         members = ", ".join(f"{n} ({d or 'no driver'})" for n, d in entries)
         vfio = [n for n, d in entries if d and "vfio" in d]
-        blockers = pci.group_blockers(g, host.sysfs)
+        blockers = pci.group_blockers(g, host)
         if vfio and blockers:
             err = pci.not_viable_error(g, blockers)
             out.append(Check(f"group {g}", "fail", f"not viable: {members}", err.remedy))

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-import os
-
 from pyvfio import errors, pci
 from pyvfio.cli import reports_errors
-from pyvfio.core import sysfs as _sysfs
+from pyvfio.core import syscalls
+from pyvfio.core.sysfs import host
 
 __all__ = ["register", "viability", "device_record", "device_users", "iommu_off_note"]
 
@@ -25,10 +25,6 @@ def _hex_id(text: str) -> int:
     return value
 
 
-def _add_sysfs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)
-
-
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``ls``, ``bind`` and ``unbind``."""
     ls = subparsers.add_parser(
@@ -41,7 +37,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     ls.add_argument("--vendor", type=_hex_id, metavar="HEX", help="only this vendor ID")
     ls.add_argument("--device", type=_hex_id, metavar="HEX", help="only this device ID")
     ls.add_argument("--driver", metavar="NAME", help="only devices bound to this driver")
-    _add_sysfs(ls)
     ls.set_defaults(func=reports_errors(_ls))
 
     bind = subparsers.add_parser(
@@ -53,7 +48,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     bind.add_argument("--force", action="store_true",
                       help="bind even though the device is in use (a network interface with "
                            "an address or route, a mounted or swapped-on disk)")
-    _add_sysfs(bind)
     bind.set_defaults(func=reports_errors(_bind))
 
     unbind = subparsers.add_parser(
@@ -64,7 +58,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     unbind.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:01:00.0 or 01:00.0")
     unbind.add_argument("--reprobe", action="store_true",
                         help="clear driver_override and let the kernel pick a driver")
-    _add_sysfs(unbind)
     unbind.set_defaults(func=reports_errors(_unbind))
 
 
@@ -120,8 +113,7 @@ def _kernel_children(devpath: str, max_depth: int = 8) -> List[Tuple[str, str]]:
 
 def _read_lines(path: str) -> List[str]:
     try:
-        with open(path) as f:
-            return f.read().splitlines()
+        return syscalls.read_file(path).decode(errors="replace").splitlines()
     except OSError:
         return []
 
@@ -135,54 +127,52 @@ def device_users(dev: pci.PciDevice) -> List[str]:
     or held by device-mapper/md (``holders/``).  Unbinding either takes it away
     from the host, as dpdk-devbind warns.
     """
-    proc = _sysfs.host().proc
+    h = host()
     users: List[str] = []
     children = _kernel_children(dev.path)
-    routes = {line.split()[0] for line in _read_lines(os.path.join(proc, "net", "route"))[1:]
+    routes = {line.split()[0] for line in _read_lines(h.proc_path("net", "route"))[1:]
               if line.split()}
     inet6: Dict[str, List[str]] = {}
-    for line in _read_lines(os.path.join(proc, "net", "if_inet6")):
+    for line in _read_lines(h.proc_path("net", "if_inet6")):
         f = line.split()
         if len(f) == 6 and int(f[3], 16) not in (0x10, 0x20):     # not host or link scope
             inet6.setdefault(f[5], []).append(":".join(f[0][i:i + 4] for i in range(0, 32, 4)))
     mounts: Dict[str, str] = {}
-    for line in _read_lines(os.path.join(proc, "self", "mounts")):
+    for line in _read_lines(h.proc_path("self", "mounts")):
         f = line.split()
         if len(f) >= 2 and f[0].startswith("/dev/"):
             mounts.setdefault(os.path.basename(f[0]), f[1].replace("\\040", " "))
     swaps = {os.path.basename(line.split()[0])
-             for line in _read_lines(os.path.join(proc, "swaps"))[1:] if line.split()}
+             for line in _read_lines(h.proc_path("swaps"))[1:] if line.split()}
     for subsystem, name in children:
         if subsystem == "net":
             if name in routes:
                 users.append(f"network interface {name} has IPv4 routes")
             elif name in inet6:
                 users.append(f"network interface {name} has address {inet6[name][0]}")
-        else:
-            if name in mounts:
-                users.append(f"disk {name} is mounted on {mounts[name]}")
-            if name in swaps:
-                users.append(f"disk {name} is in use as swap")
-            holders = os.path.join(_sysfs.host().sysfs, "class", "block", name, "holders")
-            try:
-                held = sorted(os.listdir(holders))
-            except OSError:
-                held = []
-            if held:
-                users.append(f"disk {name} is held by {', '.join(held)}")
+            continue
+        if name in mounts:
+            users.append(f"disk {name} is mounted on {mounts[name]}")
+        if name in swaps:
+            users.append(f"disk {name} is in use as swap")
+        try:
+            held = sorted(os.listdir(h.sys_path("class", "block", name, "holders")))
+        except OSError:
+            held = []
+        if held:
+            users.append(f"disk {name} is held by {', '.join(held)}")
     return users
 
 
-def iommu_off_note(sysfs: str) -> Optional[str]:
-    """The note `ls` and `bind` print when the host has no IOMMU groups."""
-    if pci.host_has_iommu_groups(sysfs):
+def iommu_off_note() -> Optional[str]:
+    """The note `ls` prints when the host has no IOMMU groups."""
+    if pci.host_has_iommu_groups():
         return None
     return "note: " + pci.IOMMU_OFF_REMEDY
 
 
 def _ls(args: argparse.Namespace) -> int:
-    found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver,
-                     sysfs=args.sysfs)
+    found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver)
     if args.json:
         json.dump([device_record(d) for d in found], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -196,14 +186,14 @@ def _ls(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]
         print("  ".join(cells).rstrip())
-    note = iommu_off_note(args.sysfs)
+    note = iommu_off_note()
     if note:
         print(note, file=sys.stderr)
     return 0
 
 
 def _bind(args: argparse.Namespace) -> int:
-    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    dev = pci.get(args.bdf)
     if "vfio" in args.driver and dev.is_bridge:
         raise errors.InvalidArgumentError(
             "not an endpoint function", device=dev.name, remedy=dev.bind_remedy(args.driver))
@@ -224,7 +214,7 @@ def _bind(args: argparse.Namespace) -> int:
         note: Optional[str] = None
         if dev.iommu_group is None:
             note = ("the device has no IOMMU group: VFIO cannot open it; "
-                    + (pci.IOMMU_OFF_REMEDY if not pci.host_has_iommu_groups(args.sysfs)
+                    + (pci.IOMMU_OFF_REMEDY if not pci.host_has_iommu_groups()
                        else "its bus is not behind the IOMMU"))
         else:
             blockers = dev.group_blockers()
@@ -238,7 +228,7 @@ def _bind(args: argparse.Namespace) -> int:
 
 
 def _unbind(args: argparse.Namespace) -> int:
-    dev = pci.get(args.bdf, sysfs=args.sysfs)
+    dev = pci.get(args.bdf)
     if args.reprobe:
         previous = dev.driver
         now = dev.reprobe()

@@ -1,24 +1,21 @@
-"""Memory for device DMA, and the allocation of I/O virtual addresses.
+"""Memory for device DMA.
 
 A :class:`DmaBuffer` is page-aligned process memory (anonymous, memfd, or
 hugetlb pages) that an IOMMU backend pins and maps at an IOVA.  Python sees it
-as a ``memoryview``; the device sees it at the IOVA.  An
-:class:`IovaAllocator` hands out IOVAs inside the ranges the IOMMU reports as
-usable (and below the device's DMA mask), so that a mapping the kernel would
-refuse, or the device could not reach, is refused here first.
+as a ``memoryview``; the device sees it at the IOVA (:mod:`pyvfio.core.iova`
+chooses it).
 """
 from __future__ import annotations
 
-import bisect
 import mmap as _mmap
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Optional
 
 from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.core.uapi import ffi
 
-__all__ = ["DmaBuffer", "IovaAllocator", "PAGE_SIZE", "HUGE_2M", "HUGE_1G"]
+__all__ = ["DmaBuffer", "PAGE_SIZE", "HUGE_2M", "HUGE_1G", "round_up"]
 
 PAGE_SIZE = _mmap.PAGESIZE
 HUGE_2M = 2 << 20
@@ -27,7 +24,7 @@ HUGE_1G = 1 << 30
 _MFD_HUGE_SHIFT = 26    # MFD_HUGE_* encode log2(page size) at this bit
 
 
-def _round_up(n: int, align: int) -> int:
+def round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
@@ -51,7 +48,7 @@ class DmaBuffer:
             page_size = page_size or HUGE_2M
         self.page_size = page_size or PAGE_SIZE
         self.kind = kind
-        self.size = _round_up(size, self.page_size)
+        self.size = round_up(size, self.page_size)
         self.fd: Optional[int] = None
         self._ptr = None
         self._mmap = None
@@ -61,7 +58,7 @@ class DmaBuffer:
             if kind == "anonymous":
                 self._mmap = syscalls.mmap(-1, self.size, what="DMA buffer")
             else:
-                flags = os.MFD_CLOEXEC
+                flags = 0
                 if kind == "hugetlb":
                     flags |= os.MFD_HUGETLB | (self.page_size.bit_length() - 1) << _MFD_HUGE_SHIFT
                 self.fd = self._memfd(name, flags)
@@ -146,7 +143,7 @@ class DmaBuffer:
         """
         self._bounds(offset, 1)
         if not self._locked:
-            syscalls.mlock(self._ptr, self.size)
+            syscalls.mlock(self.vaddr, self.size)
             self._locked = True
         vaddr = self.vaddr + offset
         fd = syscalls.open("/proc/self/pagemap", os.O_RDONLY)
@@ -206,93 +203,3 @@ class DmaBuffer:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"vaddr={self.vaddr:#x}"
         return f"<DmaBuffer {self.kind} {self.size:#x} bytes {state}>"
-
-
-class IovaAllocator:
-    """First-fit allocation of IOVA space inside the IOMMU's usable ranges.
-
-    ``ranges`` are inclusive ``(start, last)`` pairs as the kernel reports
-    them (type1's IOVA_RANGE capability, iommufd's IOAS_IOVA_RANGES, an sPAPR
-    DMA window).  ``dma_mask_bits`` limits them to what the device can
-    address; ``alignment`` is the IOMMU's smallest page size.
-    """
-
-    def __init__(self, ranges: Iterable[Tuple[int, int]], *, alignment: int = PAGE_SIZE,
-                 dma_mask_bits: Optional[int] = None, base: int = 0) -> None:
-        limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
-        self.alignment = alignment
-        self.ranges: List[Tuple[int, int]] = []
-        for start, last in sorted(ranges):
-            start, last = max(start, base), min(last, limit)
-            start = _round_up(start, alignment)
-            if last >= start + alignment - 1:
-                self.ranges.append((start, last))
-        self._used: List[Tuple[int, int]] = []      # sorted (start, end-exclusive)
-
-    def contains(self, iova: int, size: int) -> bool:
-        """Whether [iova, iova+size) lies inside one usable range."""
-        return size > 0 and any(s <= iova and iova + size - 1 <= last for s, last in self.ranges)
-
-    def check(self, iova: int, size: int, *, device: Optional[str] = None) -> None:
-        """Refuse a range the IOMMU would not map, with the usable ranges in the message."""
-        if iova % self.alignment or size % self.alignment:
-            raise errors.IovaError(
-                f"IOVA {iova:#x} size {size:#x} is not aligned to the IOMMU page size "
-                f"{self.alignment:#x}", device=device)
-        if not self.contains(iova, size):
-            usable = ", ".join(f"[{s:#x}-{e:#x}]" for s, e in self.ranges) or "none"
-            raise errors.IovaError(
-                f"IOVA range [{iova:#x}-{iova + size - 1:#x}] is outside the usable IOVA ranges "
-                f"({usable})", device=device,
-                remedy="let pyvfio choose the IOVA (iova=None) or pick one inside a usable range")
-
-    def reserve(self, iova: int, size: int, *, device: Optional[str] = None) -> int:
-        """Claim a fixed range; it must be usable and free."""
-        self.check(iova, size, device=device)
-        i = bisect.bisect_left(self._used, (iova, 0))
-        before = self._used[i - 1] if i else None
-        after = self._used[i] if i < len(self._used) else None
-        if (before and before[1] > iova) or (after and after[0] < iova + size):
-            raise errors.IovaError(f"IOVA range {iova:#x}+{size:#x} overlaps an existing mapping",
-                                   device=device)
-        self._used.insert(i, (iova, iova + size))
-        return iova
-
-    def alloc(self, size: int, *, align: Optional[int] = None,
-              dma_mask_bits: Optional[int] = None) -> int:
-        """Find and claim ``size`` bytes of free IOVA space; returns its start.
-
-        ``dma_mask_bits`` keeps the range below what one device can address.
-        """
-        align = max(align or self.alignment, self.alignment)
-        limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
-        size = _round_up(size, self.alignment)
-        for start, last in self.ranges:
-            last = min(last, limit)
-            cand = _round_up(start, align)
-            for ustart, uend in self._used:
-                if uend <= cand:
-                    continue
-                if ustart >= cand + size:
-                    break
-                cand = _round_up(uend, align)
-            if cand + size - 1 <= last:
-                bisect.insort(self._used, (cand, cand + size))
-                return cand
-        raise errors.IovaError(f"no free IOVA space for {size:#x} bytes",
-                               remedy="unmap buffers no longer used")
-
-    def free(self, iova: int) -> None:
-        """Give back the range that starts at ``iova``."""
-        for i, (s, _) in enumerate(self._used):
-            if s == iova:
-                del self._used[i]
-                return
-        raise errors.IovaError(f"IOVA {iova:#x} was not allocated")
-
-    def clear(self) -> None:
-        self._used.clear()
-
-    @property
-    def used(self) -> Sequence[Tuple[int, int]]:
-        return tuple(self._used)

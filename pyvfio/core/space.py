@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from pyvfio import errors
-from pyvfio.core.memory import PAGE_SIZE, DmaBuffer, IovaAllocator
+from pyvfio.core.iova import IovaAllocator
+from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
 
 __all__ = ["DmaMapping", "IoAddressSpace"]
 

@@ -15,14 +15,15 @@ Fault injection: inside ``with fail_nth(k, errno.ENOMEM) as inj:`` the k-th
 system call made through this module by the current thread fails with that
 errno before it reaches the backend (the way ``/proc/thread-self/fail-nth``
 fails the k-th allocation in the kernel); ``inj.calls`` counts the calls,
-``inj.fired`` says whether one was failed.  Release calls (close, munmap,
-munlock) are never failed: Linux releases the fd or mapping even when they
+``inj.fired`` says whether one was failed.  Release calls (close, munmap)
+are never failed: Linux releases the fd or mapping even when they
 report an error, so failing them tests nothing real.
 """
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import errno as errno_
 import mmap as _mmap
 import os
 import select
@@ -31,11 +32,14 @@ from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Seq
 
 from pyvfio import errors
 
+_builtin_open = open
+
 __all__ = [
     "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
     "open_fds", "live_mappings", "ioctl_name", "memfd_create", "ftruncate", "mlock",
-    "munlock", "FaultInjector", "fail_nth", "RELEASE_CALLS", "TYPICAL_ERRNO",
+    "read_file", "write_file", "modprobe",
+    "FaultInjector", "fail_nth", "RELEASE_CALLS", "TYPICAL_ERRNO",
 ]
 
 
@@ -93,27 +97,39 @@ class Kernel:
             raise OSError(err, os.strerror(err))
         return fd
 
-    def memfd_create(self, name: str, flags: int) -> int:
-        return os.memfd_create(name, flags)
-
-    def ftruncate(self, fd: int, length: int) -> None:
-        os.ftruncate(fd, length)
-
-    def mlock(self, ptr: Any, length: int) -> None:
-        if self._lib.mlock(ptr, length) != 0:
-            err = self._ffi.errno
-            raise OSError(err, os.strerror(err))
-
-    def munlock(self, ptr: Any, length: int) -> None:
-        if self._lib.munlock(ptr, length) != 0:
-            err = self._ffi.errno
-            raise OSError(err, os.strerror(err))
-
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         p = select.poll()
         for fd, events in fds:
             p.register(fd, events)
         return p.poll(timeout_ms)
+
+    def memfd_create(self, name: str, flags: int) -> int:
+        return os.memfd_create(name, flags | os.MFD_CLOEXEC)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def mlock(self, addr: int, length: int) -> None:
+        if self._lib.mlock(self._ffi.cast("void *", addr), length) != 0:
+            err = self._ffi.errno
+            raise OSError(err, os.strerror(err))
+
+    def read_file(self, path: str) -> bytes:
+        with _builtin_open(path, "rb") as f:
+            return f.read()
+
+    def write_file(self, path: str, data: bytes) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            return os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def modprobe(self, module: str) -> Tuple[int, str]:
+        import subprocess  # only here: loading modules is rare and subprocess costs import time
+        proc = subprocess.run(["modprobe", module], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, check=False)
+        return proc.returncode, proc.stderr.decode(errors="replace").strip()
 
 
 _backend: Any = None
@@ -125,7 +141,7 @@ _maps: Dict[int, Tuple[Any, str]] = {}  # id(mapping) -> (mapping, description)
 # -- fault injection ---------------------------------------------------------------
 
 #: Calls that release something; never failed by :func:`fail_nth`.
-RELEASE_CALLS = frozenset({"close", "munmap", "munlock"})
+RELEASE_CALLS = frozenset({"close", "munmap"})
 
 _armed = 0                       # injectors active in any thread (fast path: 0)
 _tls = threading.local()
@@ -137,7 +153,8 @@ TYPICAL_ERRNO: Dict[str, int] = {
     "open": _errno.ENOMEM, "ioctl": _errno.ENOMEM, "mmap": _errno.ENOMEM,
     "eventfd": _errno.EMFILE, "memfd_create": _errno.EMFILE, "ftruncate": _errno.ENOSPC,
     "mlock": _errno.ENOMEM, "read": _errno.EIO, "write": _errno.EIO, "pread": _errno.EIO,
-    "pwrite": _errno.EIO, "poll": _errno.ENOMEM,
+    "pwrite": _errno.EIO, "poll": _errno.ENOMEM, "read_file": _errno.EIO,
+    "write_file": _errno.EIO,
 }
 
 
@@ -452,27 +469,12 @@ def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple
         raise _fail(exc, "poll", None, None) from None
 
 
-def _newer(name: str) -> Any:
-    """A backend's method for a call added after some backends were written: the
-    real kernel's when the backend has none (test doubles that predate it)."""
-    method = getattr(backend(), name, None)
-    if method is None:
-        global _real
-        if _real is None:
-            _real = Kernel()
-        method = getattr(_real, name)
-    return method
-
-
-_real: Optional[Kernel] = None
-
-
-def memfd_create(name: str, flags: int) -> int:
-    """memfd_create(2); the fd is accounted and closed with :func:`close`."""
+def memfd_create(name: str, flags: int = 0) -> int:
+    """memfd_create(2) (close-on-exec); the fd is accounted like an opened one."""
     try:
         if _armed:
             _inject("memfd_create")
-        fd = _newer("memfd_create")(name, flags)
+        fd = backend().memfd_create(name, flags)
     except OSError as exc:
         raise _fail(exc, "memfd_create", f"memfd:{name}", None) from None
     with _lock:
@@ -481,28 +483,62 @@ def memfd_create(name: str, flags: int) -> int:
 
 
 def ftruncate(fd: int, length: int) -> None:
-    """ftruncate(2): give a memfd its size."""
+    """ftruncate(2): set the size of a file (a memfd's, before mapping it)."""
     try:
         if _armed:
             _inject("ftruncate")
-        _newer("ftruncate")(fd, length)
+        backend().ftruncate(fd, length)
     except OSError as exc:
         raise _fail(exc, "ftruncate", _fds.get(fd, f"fd {fd}"), None) from None
 
 
-def mlock(ptr: Any, length: int, *, device: Optional[str] = None) -> None:
-    """mlock(2) ``length`` bytes at the cffi pointer ``ptr`` (ENOMEM: the memlock limit)."""
+def mlock(addr: int, length: int) -> None:
+    """mlock(2): keep ``length`` bytes at user address ``addr`` resident."""
     try:
         if _armed:
             _inject("mlock")
-        _newer("mlock")(ptr, length)
+        backend().mlock(addr, length)
     except OSError as exc:
-        raise _fail(exc, "mlock", None, device, dma=True) from None
+        raise _fail(exc, "mlock", None, None, dma=True) from None
 
 
-def munlock(ptr: Any, length: int) -> None:
-    """munlock(2)."""
+def read_file(path: str, *, device: Optional[str] = None, op: str = "read") -> bytes:
+    """The whole contents of a (sysfs, procfs) file; a missing file raises FileNotFoundError."""
     try:
-        _newer("munlock")(ptr, length)
+        if _armed:
+            _inject("read_file")
+        return backend().read_file(path)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
-        raise _fail(exc, "munlock", None, None) from None
+        raise _fail(exc, op, path, device) from None
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to a sysfs attribute in one write(2), as the kernel's store expects.
+
+    Errors stay plain :class:`OSError` (with the errno), for the caller to name
+    what the write meant (:func:`pyvfio.core.sysfs.write_attr`).
+    """
+    if _armed:
+        _inject("write_file")
+    written = backend().write_file(path, bytes(data))
+    if written != len(data):
+        raise OSError(errno_.EIO, f"short write ({written} of {len(data)} bytes)")
+
+
+def modprobe(module: str) -> None:
+    """Load a kernel module with modprobe(8); :class:`ModuleMissingError` if it cannot."""
+    try:
+        code, said = backend().modprobe(module)
+    except OSError as exc:
+        raise errors.ModuleMissingError(
+            f"cannot run modprobe to load {module}: {exc.strerror}",
+            remedy=f"install kmod, or load the module by hand (`modprobe {module}`)") from None
+    if code != 0:
+        raise errors.ModuleMissingError(
+            f"cannot load kernel module {module}" + (f": {said}" if said else ""),
+            remedy=(f"install the module for the running kernel (`modinfo {module}` finds it "
+                    f"when it is installed)" if os.geteuid() == 0 else
+                    f"run as root, or install the module for the running kernel "
+                    f"(`modinfo {module}` finds it when it is installed)"))

@@ -45,7 +45,7 @@ def mock_kernel(tmp_path: "os.PathLike[str] | str", *, check_leaks: bool = True,
     before = set(syscalls.open_fds())
     maps_before = len(syscalls.live_mappings())
     problems: List[str] = []
-    with syscalls.use(mock):
+    with mock.installed():
         try:
             yield mock
         except BaseException:

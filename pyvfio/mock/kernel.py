@@ -14,13 +14,15 @@ returns that errno.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.core import syscalls
+from pyvfio.core.sysfs import Host, use_host
 from pyvfio.mock import sysfs as _sysfs
 from pyvfio.mock._util import (PAGE_SIZE, Accounting, DmaFault, Translation, addr_of, copy_args,
                     copy_from_user, copy_to_user, fail, field_end, process_maps)
@@ -627,6 +629,8 @@ class MockKernel:
         self.root = os.path.abspath(os.fspath(tmpdir))
         self.devroot = os.path.join(self.root, "dev")
         self.sysfs = os.path.join(self.root, "sys")
+        #: The machine the fake tree describes, for :func:`pyvfio.core.sysfs.use_host`.
+        self.host = Host(sysfs=self.sysfs, dev=self.devroot)
         self.iommu = iommu
         self.iommufd = iommufd
         self.cdev = iommufd
@@ -962,12 +966,24 @@ class MockKernel:
     def eventfd(self, initval: int, flags: int) -> int:
         return self._real.eventfd(initval, flags)
 
+    def __getattr__(self, name: str) -> Any:
+        """System calls the mock does not model go to the real kernel."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._real, name)
+
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         with self._lock:
             self._service()
         return self._real.poll(fds, timeout_ms)
 
     # -- end ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["MockKernel"]:
+        """Answer every system call and make the fake tree the host, inside the block."""
+        with syscalls.use(self), use_host(self.host):
+            yield self
 
     def close_all(self) -> None:
         """Close every mock descriptor still open (as process exit would)."""

@@ -79,7 +79,7 @@ def iommu_host(tmp_path):
     _hugepages(fake, 2048, 16, 16)
     _hugepages(fake, 1048576, 0, 0)
     proc = _proc(tmp_path)
-    with sysfs.use_host(sysfs.Host(sysfs=fake.sysfs, dev=fake.devroot, proc=str(proc))):
+    with fake.installed(), sysfs.use_host(fake.host.with_roots(proc=str(proc))):
         yield fake
 
 
@@ -93,7 +93,7 @@ def no_iommu_host(tmp_path):
     _module(fake, "vfio_pci")
     (fake.dev / "vfio" / "vfio").write_text("")
     proc = _proc(tmp_path, memlock="unlimited", cmdline="console=ttyS0 intel_iommu=off")
-    with sysfs.use_host(sysfs.Host(sysfs=fake.sysfs, dev=fake.devroot, proc=str(proc))):
+    with fake.installed(), sysfs.use_host(fake.host.with_roots(proc=str(proc))):
         yield fake
 
 
@@ -175,41 +175,39 @@ def test_doctor_parse_size():
 # -- the remedies of ls and bind -------------------------------------------------------
 
 def test_ls_says_the_iommu_is_off(no_iommu_host, capsys):
-    assert main(["ls", "--sysfs", no_iommu_host.sysfs]) == 0
+    assert main(["ls"]) == 0
     assert capsys.readouterr().err.strip() == "note: " + pci.IOMMU_OFF_REMEDY
 
 
 def test_ls_is_quiet_about_a_working_iommu(iommu_host, capsys):
-    assert main(["ls", "--sysfs", iommu_host.sysfs]) == 0
+    assert main(["ls"]) == 0
     assert capsys.readouterr().err == ""
 
 
 def test_bind_refuses_a_host_bridge(no_iommu_host, monkeypatch, capsys):
-    no_iommu_host.install(monkeypatch)
     no_iommu_host.add_driver("vfio-pci")
-    assert main(["bind", "0000:00:00.0", "--sysfs", no_iommu_host.sysfs]) == 1
+    assert main(["bind", "0000:00:00.0"]) == 1
     err = capsys.readouterr().err
     assert "is a host bridge, which VFIO cannot take" in err and "`pyvfio bind" not in err
     assert no_iommu_host.writes == []                             # refused: nothing changed
 
 
 def test_not_bound_remedy_without_iommu_groups(no_iommu_host):
-    dev = pci.get(EDU, sysfs=no_iommu_host.sysfs)
+    dev = pci.get(EDU)
     with pytest.raises(errors.NotBoundError) as ei:
         dev.check_bound()
     assert ei.value.remedy == f"{pci.IOMMU_OFF_REMEDY}; then `pyvfio bind {EDU}`"
-    bridge = pci.get("0000:00:00.0", sysfs=no_iommu_host.sysfs)
+    bridge = pci.get("0000:00:00.0")
     with pytest.raises(errors.NotBoundError) as ei:
         bridge.check_bound()
     assert "host bridge" in ei.value.remedy and "pyvfio bind" not in ei.value.remedy
 
 
 def test_root_is_not_told_to_run_as_root(iommu_host, monkeypatch):
-    iommu_host.install(monkeypatch)
     iommu_host.unprivileged = True
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     with pytest.raises(errors.PermissionDeniedError) as ei:
-        pci.get(NIC, sysfs=iommu_host.sysfs).bind("vfio-pci")
+        pci.get(NIC).bind("vfio-pci")
     assert "run as root" not in ei.value.remedy and "refused root" in ei.value.remedy
     assert "run as root" not in errors.PermissionDeniedError("x").remedy
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -233,25 +231,23 @@ def _disk(fake: FakeSysfs, bdf: str, *names: str) -> None:
 
 
 def test_bind_refuses_a_routed_netdev_without_force(iommu_host, monkeypatch, tmp_path, capsys):
-    iommu_host.install(monkeypatch)
     _netdev(iommu_host, NIC, "enp0s17")
     (tmp_path / "proc/net/route").write_text(
         "Iface\tDestination\tGateway\tFlags\nenp0s17\t0002000A\t00000000\t0001\n")
-    assert main(["bind", NIC, "--sysfs", iommu_host.sysfs]) == 1
+    assert main(["bind", NIC]) == 1
     err = capsys.readouterr().err
     assert "in use by the host through e1000e: network interface enp0s17 has IPv4 routes" in err
     assert "--force" in err
     assert iommu_host.driver_of(NIC) == "e1000e" and iommu_host.writes == []
-    assert main(["bind", NIC, "--force", "--sysfs", iommu_host.sysfs]) == 0
+    assert main(["bind", NIC, "--force"]) == 0
     assert iommu_host.driver_of(NIC) == "vfio-pci"
 
 
 def test_bind_refuses_a_netdev_with_a_global_ipv6_address(iommu_host, monkeypatch, tmp_path):
-    iommu_host.install(monkeypatch)
     _netdev(iommu_host, NIC, "enp0s17")
     (tmp_path / "proc/net/if_inet6").write_text(
         "fe800000000000000000000000000001 02 40 20 80 enp0s17\n")   # link-local only: free
-    dev = pci.get(NIC, sysfs=iommu_host.sysfs)
+    dev = pci.get(NIC)
     from pyvfio.cli.pci import device_users
     assert device_users(dev) == []
     (tmp_path / "proc/net/if_inet6").write_text(
@@ -260,17 +256,16 @@ def test_bind_refuses_a_netdev_with_a_global_ipv6_address(iommu_host, monkeypatc
 
 
 def test_bind_refuses_a_mounted_disk(iommu_host, monkeypatch, tmp_path, capsys):
-    iommu_host.install(monkeypatch)
     iommu_host.add_device("0000:00:13.0", 0x1B36, 0x0010, class_code=0x010802, driver="nvme",
                           group=7)
     iommu_host.add_group(7)
     _disk(iommu_host, "0000:00:13.0", "nvme0n1", "nvme0n1p1")
     from pyvfio.cli.pci import device_users
-    dev = pci.get("0000:00:13.0", sysfs=iommu_host.sysfs)
+    dev = pci.get("0000:00:13.0")
     assert device_users(dev) == []
     (tmp_path / "proc/self/mounts").write_text("/dev/nvme0n1p1 /srv ext4 rw 0 0\n")
     assert device_users(dev) == ["disk nvme0n1p1 is mounted on /srv"]
-    assert main(["bind", "0000:00:13.0", "--sysfs", iommu_host.sysfs]) == 1
+    assert main(["bind", "0000:00:13.0"]) == 1
     assert "disk nvme0n1p1 is mounted on /srv" in capsys.readouterr().err
     (tmp_path / "proc/self/mounts").write_text("proc /proc proc rw 0 0\n")
     (tmp_path / "proc/swaps").write_text("Filename Type\n/dev/nvme0n1 partition\n")

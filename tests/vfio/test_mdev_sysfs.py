@@ -1,4 +1,4 @@
-"""pyvfio.mdev against a fake sysfs.
+"""pyvfio.vfio.mdev against a fake sysfs.
 
 Two parents: the ``mtty`` sample (a virtual device, types ``mtty-1`` with two
 instances left and ``mtty-2`` with one) and a GVT-g-like PCI parent at
@@ -10,11 +10,14 @@ from __future__ import annotations
 import errno
 import os
 import uuid
+from typing import Iterator
 
 import pytest
 
 from fakesysfs import FakeSysfs
-from pyvfio import errors, mdev
+from pyvfio import errors
+from pyvfio.core.sysfs import Host, use_host
+from pyvfio.vfio import mdev
 
 pytestmark = pytest.mark.host
 
@@ -27,24 +30,25 @@ MTTY_TYPES = {
 
 
 @pytest.fixture
-def fs(tmp_path, monkeypatch) -> FakeSysfs:
-    fake = FakeSysfs(tmp_path).install(monkeypatch)
+def fs(tmp_path) -> Iterator[FakeSysfs]:
+    fake = FakeSysfs(tmp_path)
     fake.add_mdev_parent("mtty", MTTY_TYPES)
     fake.add_device("0000:00:02.0", 0x8086, 0x3E92, class_code=0x030000, driver="i915",
                     group=0)
     fake.add_mdev_parent("0000:00:02.0", {"i915-GVTg_V5_4": {"available": 2}},
                          driver="vfio_mdev")
-    return fake
+    with fake.installed():
+        yield fake
 
 
 @pytest.fixture
 def mtty(fs) -> mdev.MdevParent:
-    return mdev.MdevParent("mtty", sysfs=fs.sysfs, devroot=fs.devroot)
+    return mdev.MdevParent("mtty")
 
 
 class TestParentsAndTypes:
     def test_parents_are_the_mdev_bus_entries(self, fs):
-        assert [p.name for p in mdev.parents(fs.sysfs)] == ["0000:00:02.0", "mtty"]
+        assert [p.name for p in mdev.parents()] == ["0000:00:02.0", "mtty"]
 
     def test_types_and_their_attributes(self, mtty):
         types = mtty.types()
@@ -56,13 +60,13 @@ class TestParentsAndTypes:
         assert one.parent == mtty
 
     def test_optional_attributes_read_as_none(self, fs):
-        gvt = mdev.MdevParent("0000:00:02.0", sysfs=fs.sysfs)
+        gvt = mdev.MdevParent("0000:00:02.0")
         (only,) = gvt.types()
         assert (only.id, only.name, only.description) == ("i915-GVTg_V5_4", None, None)
 
     def test_unknown_parent(self, fs):
         with pytest.raises(errors.NotFoundError) as info:
-            mdev.MdevParent("mbochs", sysfs=fs.sysfs)
+            mdev.MdevParent("mbochs")
         assert info.value.message == "no mdev parent mbochs (parents: 0000:00:02.0, mtty)"
 
     def test_unknown_type_lists_the_offered_ones(self, mtty):
@@ -84,8 +88,8 @@ class TestCreateRemove:
         assert m.iommu_group == 1  # a group of its own; group 0 is the GPU's
         assert mtty.type("mtty-2").available_instances == 0
         assert mtty.type("mtty-2").devices() == [m]
-        assert mdev.devices(fs.sysfs) == [m]
-        assert mdev.get(U1, sysfs=fs.sysfs) == m
+        assert mdev.devices() == [m]
+        assert mdev.get(U1) == m
 
     def test_uuid_is_canonicalised(self, fs, mtty):
         m = mtty.create("mtty-1", U1.upper())
@@ -98,7 +102,7 @@ class TestCreateRemove:
         assert m.exists
 
     def test_pci_parent(self, fs):
-        gvt = mdev.MdevParent("0000:00:02.0", sysfs=fs.sysfs, devroot=fs.devroot)
+        gvt = mdev.MdevParent("0000:00:02.0")
         m = gvt.create("i915-GVTg_V5_4", U2)
         assert m.parent.name == "0000:00:02.0"
         assert m.driver == "vfio_mdev"
@@ -121,7 +125,7 @@ class TestCreateRemove:
         assert mtty.type("mtty-2").available_instances == 1
         assert mtty.devices() == []
         with pytest.raises(errors.NotFoundError, match=f"no mdev {U1}"):
-            mdev.get(U1, sysfs=fs.sysfs)
+            mdev.get(U1)
 
     def test_context_manager_removes_on_exit(self, fs, mtty):
         with mtty.create("mtty-1", U1) as m:
@@ -182,5 +186,6 @@ class TestErrors:
         assert "run as root" in info.value.remedy
 
     def test_no_mdev_bus_means_no_parents(self, tmp_path):
-        assert mdev.parents(str(tmp_path)) == []
-        assert mdev.devices(str(tmp_path)) == []
+        with use_host(Host(sysfs=str(tmp_path))):
+            assert mdev.parents() == []
+            assert mdev.devices() == []

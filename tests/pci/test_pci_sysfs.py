@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,13 @@ import pytest
 from fakesysfs import FakeSysfs
 from pyvfio import errors, pci
 from pyvfio.cli import main
+from pyvfio.core import syscalls
+from pyvfio.core.sysfs import Host, use_host, write_attr
 from pyvfio.pci import PciAddress, PciDevice
 
 pytestmark = pytest.mark.host
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NIC, PORT, AUDIO, SMBUS, LPC, EDU, HOSTB, VIRTIO = (
     "0000:01:00.0", "0000:00:1c.0", "0000:00:1f.3", "0000:00:1f.4", "0000:00:1f.0",
     "0000:00:10.0", "0000:00:00.0", "0000:00:11.0")
@@ -46,9 +49,10 @@ BIG_BAR = (0x4000000000, 0x40FFFFFFFF, 0x14220C)
 
 
 @pytest.fixture
-def fs(tmp_path, monkeypatch) -> FakeSysfs:
+def fs(tmp_path) -> Iterator[FakeSysfs]:
     """The fake machine, with the stand-in kernel answering pyvfio's writes."""
-    return machine(FakeSysfs(tmp_path)).install(monkeypatch)
+    with machine(FakeSysfs(tmp_path)).installed() as fake:
+        yield fake
 
 
 def machine(fs: FakeSysfs) -> FakeSysfs:
@@ -119,67 +123,68 @@ class TestPciAddress:
 # --------------------------------------------------------------------------- reading
 class TestReading:
     def test_ids_are_the_files_values(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         assert (nic.vendor, nic.device) == (0x8086, 0x10D3)
         assert (nic.subsystem_vendor, nic.subsystem_device) == (0x8086, 0xA01F)
         assert nic.class_code == 0x020000
         assert nic.revision == 0x03
         assert nic.header_type == 0
-        assert pci.get(PORT, sysfs=fs.sysfs).header_type == 1
+        assert pci.get(PORT).header_type == 1
 
     def test_short_address_finds_the_device(self, fs):
-        assert pci.get("01:00.0", sysfs=fs.sysfs).name == NIC
+        assert pci.get("01:00.0").name == NIC
 
     def test_driver_is_the_symlink_name(self, fs):
-        assert pci.get(NIC, sysfs=fs.sysfs).driver == "e1000e"
-        assert pci.get(EDU, sysfs=fs.sysfs).driver is None
+        assert pci.get(NIC).driver == "e1000e"
+        assert pci.get(EDU).driver is None
 
     def test_driver_override_null_reads_as_none(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         assert fs.read(f"bus/pci/devices/{NIC}/driver_override") == "(null)\n"
         assert nic.driver_override is None
 
     def test_iommu_group_is_the_link_number(self, fs):
-        assert pci.get(AUDIO, sysfs=fs.sysfs).iommu_group == 2
-        assert pci.get(VIRTIO, sysfs=fs.sysfs).iommu_group is None
+        assert pci.get(AUDIO).iommu_group == 2
+        assert pci.get(VIRTIO).iommu_group is None
 
     def test_numa_node_minus_one_means_none(self, fs):
-        assert pci.get(NIC, sysfs=fs.sysfs).numa_node == 0
-        assert pci.get(EDU, sysfs=fs.sysfs).numa_node is None
+        assert pci.get(NIC).numa_node == 0
+        assert pci.get(EDU).numa_node is None
 
     def test_missing_device_is_not_found(self, fs):
         with pytest.raises(errors.NotFoundError) as info:
-            pci.get("0000:00:19.0", sysfs=fs.sysfs)
+            pci.get("0000:00:19.0")
         assert str(info.value).startswith("no PCI device 0000:00:19.0")
         assert isinstance(info.value, FileNotFoundError)
         assert "pyvfio ls" in info.value.remedy
 
     def test_impossible_slot_is_not_found_either(self, fs):
         with pytest.raises(errors.NotFoundError, match=r"^no PCI device 0000:00:99\.0"):
-            pci.get("00:99.0", sysfs=fs.sysfs)
+            pci.get("00:99.0")
 
     def test_devices_lists_every_function_sorted(self, fs):
-        assert [d.name for d in pci.devices(fs.sysfs)] == [
+        assert [d.name for d in pci.devices()] == [
             HOSTB, EDU, VIRTIO, PORT, LPC, AUDIO, SMBUS, NIC]
 
     def test_devices_of_missing_sysfs_root(self, tmp_path):
         with pytest.raises(errors.NotFoundError, match="no sysfs at"):
-            pci.devices(str(tmp_path / "nothing"))
+            with use_host(Host(sysfs=str(tmp_path / "nothing"))):
+                pci.devices()
 
     def test_find_by_ids_driver_and_class(self, fs):
-        assert [d.name for d in pci.find(vendor=0x1234, sysfs=fs.sysfs)] == [EDU]
-        assert [d.name for d in pci.find(vendor="8086", device="a170", sysfs=fs.sysfs)] == [AUDIO]
-        assert [d.name for d in pci.find(driver="e1000e", sysfs=fs.sysfs)] == [NIC]
-        assert [d.name for d in pci.find(class_code=0x020000, sysfs=fs.sysfs)] == [VIRTIO, NIC]
-        bridges = pci.find(class_code=0x060000, class_mask=0xFF0000, sysfs=fs.sysfs)
+        assert [d.name for d in pci.find(vendor=0x1234)] == [EDU]
+        assert [d.name for d in pci.find(vendor="8086", device="a170")] == [AUDIO]
+        assert [d.name for d in pci.find(driver="e1000e")] == [NIC]
+        assert [d.name for d in pci.find(class_code=0x020000)] == [VIRTIO, NIC]
+        bridges = pci.find(class_code=0x060000, class_mask=0xFF0000)
         assert [d.name for d in bridges] == [HOSTB, PORT, LPC]
 
     def test_find_rejects_a_bad_hex_id(self, fs):
         with pytest.raises(errors.InvalidArgumentError, match="not a hexadecimal ID: 'intel'"):
-            pci.find(vendor="intel", sysfs=fs.sysfs)
+            pci.find(vendor="intel")
 
     def test_resources_are_the_resource_file_lines(self, fs):
-        res = pci.get(NIC, sysfs=fs.sysfs).resources
+        res = pci.get(NIC).resources
         assert len(res) == 13
         bar0, bar1, bar2, bar3 = res[:4]
         assert (bar0.index, bar0.start, bar0.end, bar0.flags) == (0, *NIC_BAR0)
@@ -193,24 +198,24 @@ class TestReading:
 # --------------------------------------------------------------------------- groups
 class TestGroups:
     def test_group_members_are_the_group_devices(self, fs):
-        members = pci.get(AUDIO, sysfs=fs.sysfs).group_members()
+        members = pci.get(AUDIO).group_members()
         assert [m.name for m in members] == [LPC, AUDIO, SMBUS]
-        assert pci.get(VIRTIO, sysfs=fs.sysfs).group_members() == []
+        assert pci.get(VIRTIO).group_members() == []
 
     def test_unbound_device_alone_is_viable(self, fs):
-        edu = pci.get(EDU, sysfs=fs.sysfs)
+        edu = pci.get(EDU)
         assert edu.group_viable()
         edu.check_viable()
 
     def test_pcieport_beside_vfio_pci_is_viable(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         assert not nic.group_viable()
         assert nic.group_blockers() == [(NIC, "e1000e")]
         nic.bind()
         assert nic.group_viable()
 
     def test_no_group_is_not_viable(self, fs):
-        virtio = pci.get(VIRTIO, sysfs=fs.sysfs)
+        virtio = pci.get(VIRTIO)
         assert not virtio.group_viable()
         with pytest.raises(errors.NotViableError, match="not in an IOMMU group") as info:
             virtio.check_viable()
@@ -218,7 +223,7 @@ class TestGroups:
 
     def test_check_viable_names_each_offender_and_its_driver(self, fs):
         with pytest.raises(errors.NotViableError) as info:
-            pci.get(AUDIO, sysfs=fs.sysfs).check_viable()
+            pci.get(AUDIO).check_viable()
         exc = info.value
         assert exc.message == (f"IOMMU group 2 is not viable: {LPC} bound to lpc_ich, "
                                f"{AUDIO} bound to snd_hda_intel, {SMBUS} bound to i801_smbus")
@@ -226,9 +231,9 @@ class TestGroups:
             assert f"`pyvfio bind {bdf}`" in exc.remedy
 
     def test_binding_the_offenders_makes_the_group_viable(self, fs):
-        audio = pci.get(AUDIO, sysfs=fs.sysfs)
-        pci.get(LPC, sysfs=fs.sysfs).unbind()
-        pci.get(SMBUS, sysfs=fs.sysfs).bind("pci-stub")
+        audio = pci.get(AUDIO)
+        pci.get(LPC).unbind()
+        pci.get(SMBUS).bind("pci-stub")
         assert audio.group_blockers() == [(AUDIO, "snd_hda_intel")]
         audio.bind("vfio-pci")
         audio.check_viable()
@@ -239,7 +244,7 @@ class TestGroups:
         fs.add_driver("idma64")
         (fs.sys / "devices/platform/dma/driver").symlink_to(fs.driver_dir("idma64"))
         group.symlink_to(fs.sys / "devices/platform/dma")
-        edu = pci.get(EDU, sysfs=fs.sysfs)
+        edu = pci.get(EDU)
         assert [m.name for m in edu.group_members()] == [EDU]
         assert edu.group_blockers() == [("platform-dma", "idma64")]
         with pytest.raises(errors.NotViableError) as info:
@@ -254,18 +259,18 @@ class TestGroups:
 
     def test_check_bound_says_how_to_bind(self, fs):
         with pytest.raises(errors.NotBoundError) as info:
-            pci.get(NIC, sysfs=fs.sysfs).check_bound()
+            pci.get(NIC).check_bound()
         assert info.value.message == "bound to e1000e, not vfio-pci"
         assert info.value.remedy == f"`pyvfio bind {NIC}`"
         with pytest.raises(errors.NotBoundError) as info:
-            pci.get(EDU, sysfs=fs.sysfs).check_bound("pci-stub")
+            pci.get(EDU).check_bound("pci-stub")
         assert info.value.remedy == f"`pyvfio bind {EDU} --driver pci-stub`"
 
 
 # --------------------------------------------------------------------------- binding
 class TestBind:
     def test_bind_goes_through_override_unbind_and_probe(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         assert nic.bind() == "e1000e"
         assert fs.writes == [
             (f"bus/pci/devices/{NIC}/driver_override", b"vfio-pci"),
@@ -281,21 +286,21 @@ class TestBind:
         nic.check_bound("vfio-pci")
 
     def test_bind_of_an_unbound_device_does_not_unbind(self, fs):
-        edu = pci.get(EDU, sysfs=fs.sysfs)
+        edu = pci.get(EDU)
         assert edu.bind() is None
         assert [p for p, _ in fs.writes] == [f"bus/pci/devices/{EDU}/driver_override",
                                              "bus/pci/drivers_probe"]
         assert fs.driver_of(EDU) == "vfio-pci"
 
     def test_bind_when_already_bound_changes_nothing(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         nic.bind()
         fs.writes.clear()
         assert nic.bind() == "vfio-pci"
         assert fs.writes == []
 
     def test_restore_gives_back_driver_and_override(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         nic.bind()
         fs.writes.clear()
         assert nic.restore() == "e1000e"
@@ -309,25 +314,25 @@ class TestBind:
         assert fs.read(f"bus/pci/devices/{NIC}/driver_override") == "(null)\n"
 
     def test_restore_goes_back_to_the_state_before_the_first_bind(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         nic.bind("pci-stub")
         assert nic.bind("vfio-pci") == "pci-stub"
         assert nic.restore() == "e1000e"
         assert nic.driver_override is None
 
     def test_restore_without_bind_does_nothing(self, fs):
-        assert pci.get(NIC, sysfs=fs.sysfs).restore() == "e1000e"
+        assert pci.get(NIC).restore() == "e1000e"
         assert fs.writes == []
 
     def test_restore_to_unbound_leaves_it_unbound(self, fs):
-        edu = pci.get(EDU, sysfs=fs.sysfs)
+        edu = pci.get(EDU)
         edu.bind()
         assert edu.restore() is None
         assert fs.driver_of(EDU) is None
         assert edu.driver_override is None
 
     def test_bound_context_restores_the_driver(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         with nic.bound("vfio-pci") as dev:
             assert dev is nic
             assert fs.driver_of(NIC) == "vfio-pci"
@@ -335,7 +340,7 @@ class TestBind:
         assert nic.driver_override is None
 
     def test_bound_context_restores_on_exception(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         with pytest.raises(KeyError):
             with nic.bound():
                 assert fs.driver_of(NIC) == "vfio-pci"
@@ -348,13 +353,13 @@ class TestBind:
         for entry in fs.driver_dir("vfio-pci").iterdir():
             entry.unlink()
         fs.driver_dir("vfio-pci").rmdir()
-        assert pci.get(EDU, sysfs=fs.sysfs).bind() is None
+        assert pci.get(EDU).bind() is None
         assert fs.modprobed == ["vfio-pci"]
         assert fs.driver_of(EDU) == "vfio-pci"
 
     def test_module_that_cannot_load_is_named(self, fs):
         with pytest.raises(errors.ModuleMissingError, match="cannot load kernel module vfio_foo"):
-            pci.get(NIC, sysfs=fs.sysfs).bind("vfio_foo")
+            pci.get(NIC).bind("vfio_foo")
         assert fs.modprobed == ["vfio_foo"]
         assert fs.writes == []
         assert fs.driver_of(NIC) == "e1000e"
@@ -362,11 +367,11 @@ class TestBind:
     def test_real_modprobe_failure_names_the_module(self, monkeypatch):
         monkeypatch.setenv("PATH", "/nonexistent")
         with pytest.raises(errors.ModuleMissingError, match="to load vfio-pci"):
-            pci.modprobe("vfio-pci")
+            syscalls.modprobe("vfio-pci")
 
     def test_refused_probe_puts_the_old_driver_back(self, fs):
         fs.refuse("vfio-pci", NIC)
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         with pytest.raises(errors.NotBoundError) as info:
             nic.bind()
         assert info.value.message == "vfio-pci did not bind (now unbound)"
@@ -375,7 +380,7 @@ class TestBind:
         assert nic.driver_override is None
 
     def test_vfio_pci_refuses_a_bridge(self, fs):
-        port = pci.get(PORT, sysfs=fs.sysfs)
+        port = pci.get(PORT)
         with pytest.raises(errors.NotBoundError) as info:
             port.bind()
         assert "header type 1" in info.value.remedy
@@ -384,7 +389,7 @@ class TestBind:
     def test_non_root_gets_a_permission_error_naming_the_file(self, monkeypatch, fs):
         fs.unprivileged = True
         monkeypatch.setattr(os, "geteuid", lambda: 1000)     # a user, not root
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         with pytest.raises(errors.PermissionDeniedError) as info:
             nic.bind()
         exc = info.value
@@ -396,7 +401,7 @@ class TestBind:
         assert fs.driver_of(NIC) == "e1000e"
 
     def test_unbind_detaches_and_keeps_the_override(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         nic.bind()
         fs.writes.clear()
         assert nic.unbind() == "vfio-pci"
@@ -407,14 +412,14 @@ class TestBind:
         assert nic.unbind() is None
 
     def test_reprobe_hands_the_device_back_by_id(self, fs):
-        nic = pci.get(NIC, sysfs=fs.sysfs)
+        nic = pci.get(NIC)
         nic.bind()
         assert nic.reprobe() == "e1000e"
         assert fs.read(f"bus/pci/devices/{NIC}/driver_override") == "(null)\n"
 
     def test_new_id_is_the_other_way_to_bind(self, fs):
         # the stand-in kernel honours new_id as the kernel does: it probes unbound devices
-        pci._write_attr(os.path.join(fs.sysfs, "bus/pci/drivers/pci-stub/new_id"), "1234 11e8")
+        write_attr(os.path.join(fs.sysfs, "bus/pci/drivers/pci-stub/new_id"), "1234 11e8")
         assert fs.driver_of(EDU) == "pci-stub"
 
 
@@ -425,7 +430,7 @@ def pf(fs) -> PciDevice:
     fs.add_driver("igbvf", [(0x8086, 0x10CA)])
     fs.add_device("0000:03:00.0", 0x8086, 0x10C9, driver="igb", group=10, totalvfs=4,
                   vf_device=0x10CA, vf_offset=0x80, vf_stride=2)
-    return pci.get("0000:03:00.0", sysfs=fs.sysfs)
+    return pci.get("0000:03:00.0")
 
 
 class TestSriov:
@@ -460,7 +465,7 @@ class TestSriov:
         pf.sriov_numvfs = 2
         pf.sriov_numvfs = 0
         assert pf.virtfns() == []
-        assert "0000:03:10.0" not in [d.name for d in pci.devices(fs.sysfs)]
+        assert "0000:03:10.0" not in [d.name for d in pci.devices()]
 
     def test_same_count_writes_nothing(self, fs, pf):
         pf.sriov_numvfs = 0
@@ -473,8 +478,8 @@ class TestSriov:
 
     def test_device_without_sriov(self, fs):
         with pytest.raises(errors.NotSupportedError, match="not SR-IOV capable"):
-            pci.get(NIC, sysfs=fs.sysfs).sriov_numvfs = 1
-        assert pci.get(NIC, sysfs=fs.sysfs).sriov_totalvfs == 0
+            pci.get(NIC).sriov_numvfs = 1
+        assert pci.get(NIC).sriov_totalvfs == 0
 
     def test_pf_driver_without_sriov_support(self, fs, pf):
         pf.bind("vfio-pci")  # vfio-pci without enable_sriov=1
@@ -493,21 +498,21 @@ class TestSriov:
 # --------------------------------------------------------------------------- VFIO nodes
 class TestVfioNodes:
     def test_group_node(self, fs):
-        edu = pci.get(EDU, sysfs=fs.sysfs, devroot=fs.devroot)
+        edu = pci.get(EDU)
         assert edu.vfio_group_path() == os.path.join(fs.devroot, "vfio", "3")
 
     def test_noiommu_group_node(self, fs):
         fs.add_group(7, name="vfio-noiommu")
         fs.add_device("0000:00:12.0", 0x1234, 0x11E8, group=7, driver="vfio-pci")
-        dev = pci.get("0000:00:12.0", sysfs=fs.sysfs, devroot=fs.devroot)
+        dev = pci.get("0000:00:12.0")
         assert dev.vfio_group_path() == os.path.join(fs.devroot, "vfio", "noiommu-7")
 
     def test_no_group_no_node(self, fs):
         with pytest.raises(errors.NotFoundError, match="not in an IOMMU group"):
-            pci.get(VIRTIO, sysfs=fs.sysfs).vfio_group_path()
+            pci.get(VIRTIO).vfio_group_path()
 
     def test_cdev_node(self, fs):
-        edu = pci.get(EDU, sysfs=fs.sysfs, devroot=fs.devroot)
+        edu = pci.get(EDU)
         assert edu.vfio_cdev_path() is None
         node = fs.add_vfio_cdev(EDU, 4)
         assert edu.vfio_cdev_path() == os.path.join(fs.devroot, "vfio", "devices", "vfio4")
@@ -516,13 +521,13 @@ class TestVfioNodes:
     def test_vfio_dev_without_a_char_device_is_no_cdev(self, fs):
         # kernels without CONFIG_VFIO_DEVICE_CDEV still list vfio-dev/vfioX, with no dev
         (fs.device_dir(EDU) / "vfio-dev/vfio0").mkdir(parents=True)
-        assert pci.get(EDU, sysfs=fs.sysfs).vfio_cdev_path() is None
+        assert pci.get(EDU).vfio_cdev_path() is None
 
 
 # --------------------------------------------------------------------------- the CLI
 class TestCli:
     def test_ls_table(self, fs, capsys):
-        status, out, _ = run_cli(capsys, "ls", "--sysfs", fs.sysfs)
+        status, out, _ = run_cli(capsys, "ls")
         assert status == 0
         lines = out.splitlines()
         assert lines[0].split() == ["BDF", "VENDOR:DEVICE", "CLASS", "DRIVER", "GROUP", "VFIO"]
@@ -537,7 +542,7 @@ class TestCli:
             f"{SMBUS} bound to i801_smbus")
 
     def test_ls_json(self, fs, capsys):
-        status, out, _ = run_cli(capsys, "ls", "--json", "--sysfs", fs.sysfs)
+        status, out, _ = run_cli(capsys, "ls", "--json")
         assert status == 0
         records = {r["address"]: r for r in json.loads(out)}
         assert len(records) == 8
@@ -553,24 +558,24 @@ class TestCli:
 
     def test_ls_filters(self, fs, capsys):
         _, out, _ = run_cli(capsys, "ls", "--json", "--vendor", "8086", "--device", "A170",
-                            "--sysfs", fs.sysfs)
+                            )
         assert [r["address"] for r in json.loads(out)] == [AUDIO]
-        _, out, _ = run_cli(capsys, "ls", "--json", "--driver", "pcieport", "--sysfs", fs.sysfs)
+        _, out, _ = run_cli(capsys, "ls", "--json", "--driver", "pcieport")
         assert [r["address"] for r in json.loads(out)] == [PORT]
 
     def test_ls_rejects_a_bad_vendor(self, fs, capsys):
         with pytest.raises(SystemExit) as info:
-            main(["ls", "--vendor", "intel", "--sysfs", fs.sysfs])
+            main(["ls", "--vendor", "intel"])
         assert info.value.code == 2
         assert "not a hexadecimal ID: 'intel'" in capsys.readouterr().err
 
     def test_bind_prints_old_and_new_driver(self, fs, capsys):
-        status, out, err = run_cli(capsys, "bind", NIC, "--sysfs", fs.sysfs)
+        status, out, err = run_cli(capsys, "bind", NIC)
         assert (status, out, err) == (0, f"{NIC}: e1000e -> vfio-pci\n", "")
         assert fs.driver_of(NIC) == "vfio-pci"
 
     def test_bind_notes_a_group_that_is_not_viable_yet(self, fs, capsys):
-        status, out, err = run_cli(capsys, "bind", "00:1f.3", "--sysfs", fs.sysfs)
+        status, out, err = run_cli(capsys, "bind", "00:1f.3")
         assert status == 0
         assert out == f"{AUDIO}: snd_hda_intel -> vfio-pci\n"
         assert err == (f"note: IOMMU group 2 is not viable yet: {LPC} bound to lpc_ich "
@@ -578,51 +583,51 @@ class TestCli:
                        f"(`pyvfio bind {SMBUS}`)\n")
 
     def test_bind_other_driver_and_again(self, fs, capsys):
-        status, out, _ = run_cli(capsys, "bind", EDU, "--driver", "pci-stub", "--sysfs", fs.sysfs)
+        status, out, _ = run_cli(capsys, "bind", EDU, "--driver", "pci-stub")
         assert (status, out) == (0, f"{EDU}: (no driver) -> pci-stub\n")
-        status, out, _ = run_cli(capsys, "bind", EDU, "--driver", "pci-stub", "--sysfs", fs.sysfs)
+        status, out, _ = run_cli(capsys, "bind", EDU, "--driver", "pci-stub")
         assert (status, out) == (0, f"{EDU}: already bound to pci-stub\n")
 
     def test_bind_failure_is_one_message_without_traceback(self, fs, capsys):
-        status, out, err = run_cli(capsys, "bind", "0000:00:19.0", "--sysfs", fs.sysfs)
+        status, out, err = run_cli(capsys, "bind", "0000:00:19.0")
         assert (status, out) == (1, "")
         assert err.startswith("pyvfio bind: no PCI device 0000:00:19.0\n  remedy: ")
-        status, _, err = run_cli(capsys, "bind", "nic0", "--sysfs", fs.sysfs)
+        status, _, err = run_cli(capsys, "bind", "nic0")
         assert status == 1 and "not a PCI address: 'nic0'" in err
 
     def test_bind_as_non_root(self, monkeypatch, fs, capsys):
         fs.unprivileged = True
         monkeypatch.setattr(os, "geteuid", lambda: 1000)     # a user, not root
-        status, _, err = run_cli(capsys, "bind", NIC, "--sysfs", fs.sysfs)
+        status, _, err = run_cli(capsys, "bind", NIC)
         assert status == 1
         assert "Permission denied [EACCES]" in err and "run as root" in err
 
     def test_unbind(self, fs, capsys):
-        run_cli(capsys, "bind", NIC, "--sysfs", fs.sysfs)
-        status, out, err = run_cli(capsys, "unbind", NIC, "--sysfs", fs.sysfs)
+        run_cli(capsys, "bind", NIC)
+        status, out, err = run_cli(capsys, "unbind", NIC)
         assert (status, out) == (0, f"{NIC}: vfio-pci -> (no driver)\n")
         assert "driver_override is still vfio-pci" in err
         assert fs.driver_of(NIC) is None
-        status, out, _ = run_cli(capsys, "unbind", NIC, "--sysfs", fs.sysfs)
+        status, out, _ = run_cli(capsys, "unbind", NIC)
         assert (status, out) == (0, f"{NIC}: not bound to a driver\n")
 
     def test_unbind_reprobe_gives_the_device_back(self, fs, capsys):
-        run_cli(capsys, "bind", NIC, "--sysfs", fs.sysfs)
-        status, out, _ = run_cli(capsys, "unbind", "--reprobe", NIC, "--sysfs", fs.sysfs)
+        run_cli(capsys, "bind", NIC)
+        status, out, _ = run_cli(capsys, "unbind", "--reprobe", NIC)
         assert (status, out) == (0, f"{NIC}: vfio-pci -> e1000e\n")
         assert fs.driver_of(NIC) == "e1000e"
 
     def test_python_dash_m_runs_ls(self, tmp_path):
         fs = machine(FakeSysfs(tmp_path))
-        proc = subprocess.run([sys.executable, "-m", "pyvfio", "ls", "--json", "--sysfs",
-                               fs.sysfs], cwd=REPO, capture_output=True, text=True, check=False)
+        proc = subprocess.run([sys.executable, "-m", "pyvfio", "--sysfs", fs.sysfs, "ls",
+                               "--json"], cwd=REPO, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr
         assert [r["address"] for r in json.loads(proc.stdout)][:2] == [HOSTB, EDU]
 
     def test_python_dash_m_error_exit(self, tmp_path):
         fs = machine(FakeSysfs(tmp_path))
-        proc = subprocess.run([sys.executable, "-m", "pyvfio", "unbind", "0000:00:19.0",
-                               "--sysfs", fs.sysfs], cwd=REPO, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "pyvfio", "--sysfs", fs.sysfs, "unbind",
+                               "0000:00:19.0"], cwd=REPO, capture_output=True,
                               text=True, check=False)
         assert proc.returncode == 1
         assert "Traceback" not in proc.stderr

@@ -31,7 +31,7 @@ from pyvfio.lab.pytest_plugin import LabTarget, guest_configs, parse_junit
 
 pytestmark = pytest.mark.host
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HAVE_QEMU = shutil.which("qemu-system-x86_64") is not None
 
 

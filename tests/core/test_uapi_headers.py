@@ -19,7 +19,7 @@ from pyvfio.core.uapi import ffi, lib
 
 pytestmark = pytest.mark.host
 
-HEADERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+HEADERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "kernel_headers")
 CC = os.environ.get("CC", "cc")
 

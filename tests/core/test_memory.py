@@ -7,7 +7,8 @@ import pytest
 from pyvfio import errors
 
 from pyvfio.core import syscalls
-from pyvfio.core.memory import HUGE_1G, HUGE_2M, DmaBuffer, IovaAllocator
+from pyvfio.core.iova import IovaAllocator
+from pyvfio.core.memory import HUGE_1G, HUGE_2M, DmaBuffer
 from pyvfio.drivers.edu import Edu
 
 

@@ -20,6 +20,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.sysfs import host
 from pyvfio.core.space import IoAddressSpace
 from pyvfio.core.uapi import lib
 
@@ -58,9 +59,9 @@ class SpaprInfo(NamedTuple):
 class Container(IoAddressSpace):
     """A VFIO container: groups share it, and with it one I/O address space."""
 
-    def __init__(self, *, devroot: str = "/dev") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.path = os.path.join(devroot, "vfio", "vfio")
+        self.path = host().dev_path("vfio", "vfio")
         self.name = self.path
         self.fd = syscalls.open(self.path, os.O_RDWR)
         self.groups: list = []

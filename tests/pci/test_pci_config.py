@@ -1,4 +1,4 @@
-"""Tests of pyvfio.pciconfig over hand-built configuration-space images.
+"""Tests of pyvfio.pci.config over hand-built configuration-space images.
 
 The images follow the layouts real (and QEMU-emulated) functions present:
 QEMU's ``edu`` device, QEMU's NVMe controller, an Intel gigabit NIC with
@@ -13,7 +13,7 @@ from typing import List, Tuple
 import pytest
 
 from pyvfio.errors import InvalidArgumentError, OutOfBoundsError, PyvfioError
-from pyvfio.pciconfig import (
+from pyvfio.pci.config import (
     CAP_ID_EXP, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PM, CAP_ID_SSVID, CAP_ID_VNDR,
     EXT_CAP_ID_ACS, EXT_CAP_ID_DSN, EXT_CAP_ID_ERR, EXT_CAP_ID_SRIOV, Bar, BufferSpace,
     Capability, CapabilityListError, PciConfig, PcieType, PowerState, cap_name, ext_cap_name,

@@ -1,4 +1,4 @@
-"""PCI functions as sysfs shows them, and binding them to drivers.
+"""PCI functions as sysfs shows them: identity, binding to drivers, SR-IOV.
 
 The kernel publishes every PCI function under ``/sys/bus/pci/devices/<BDF>``:
 its IDs, its driver (the ``driver`` symlink), its IOMMU group (the
@@ -7,43 +7,34 @@ the same tree: ``driver_override`` names the only driver allowed to claim the
 function, ``drivers/<drv>/unbind`` detaches it from its driver, and
 ``drivers_probe`` asks the bus to attach a driver again.
 
-Every function takes the sysfs root (``sysfs="/sys"``) and, where device
-nodes are named, the /dev root (``devroot="/dev"``), so that tests can use a
-fake tree.
+Paths are below the roots of :func:`pyvfio.core.sysfs.host`, so that a fake
+tree (the mock kernel's) can stand in for the machine's.
 """
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
 import os
-import re
-import subprocess
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from pyvfio import errors
+from pyvfio.core import syscalls
+from pyvfio.core.sysfs import Host, host, link_name, read_text, write_attr
+from pyvfio.pci.address import PciAddress, is_bdf, spelled
+from pyvfio.pci.iommu_group import (IOMMU_GROUPS, group_blockers,
+                                    group_entries, group_number, not_viable_error,
+                                    vfio_cdev_path, vfio_group_path)
 
-__all__ = [
-    "PciAddress", "PciDevice", "Resource", "USER_DMA_DRIVERS", "driver_allows_user_dma",
-    "devices", "find", "get", "modprobe", "group_entries", "group_blockers", "not_viable_error",
-]
+__all__ = ["PciDevice", "Resource", "devices", "find", "get"]
 
 PCI_DEVICES = "bus/pci/devices"
 PCI_DRIVERS = "bus/pci/drivers"
 PCI_PROBE = "bus/pci/drivers_probe"
-IOMMU_GROUPS = "kernel/iommu_groups"
-
-#: Drivers that leave a function's DMA to user space (the kernel's
-#: ``driver_managed_dma``): a group whose devices are bound only to these, or
-#: to no driver, can be handed to VFIO.  Drivers whose name contains ``vfio``
-#: (vfio-pci and its variant drivers) count too; see :func:`driver_allows_user_dma`.
-USER_DMA_DRIVERS = frozenset({"vfio-pci", "pci-stub", "pcieport"})
 
 #: The module to load for a driver, where its name is not the driver's.
 _MODULE_OF_DRIVER: Dict[str, str] = {}
 
-_BDF = re.compile(r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):"
-                  r"(?P<slot>[0-9a-fA-F]{1,2})\.(?P<function>[0-7])$")
 _NULL = "(null)"
 
 # resource flags (include/linux/ioport.h)
@@ -51,66 +42,6 @@ IORESOURCE_IO = 0x00000100
 IORESOURCE_MEM = 0x00000200
 IORESOURCE_PREFETCH = 0x00002000
 IORESOURCE_MEM_64 = 0x00100000
-
-
-def driver_allows_user_dma(driver: Optional[str]) -> bool:
-    """Whether a device bound to ``driver`` (None: unbound) keeps its group viable.
-
-    VFIO can claim an IOMMU group for user space only when every device in it
-    is unbound or bound to a driver that sets ``driver_managed_dma``: vfio-pci
-    and the vfio variant drivers, pci-stub and the PCIe port driver.  sysfs does
-    not show that flag, so this follows the known list.
-    """
-    if driver is None:
-        return True
-    return driver in USER_DMA_DRIVERS or "vfio" in driver
-
-
-# --------------------------------------------------------------------------- addresses
-@dataclass(frozen=True, order=True)
-class PciAddress:
-    """A PCI function address (domain:bus:slot.function), as the kernel names it."""
-
-    domain: int
-    bus: int
-    slot: int
-    function: int
-
-    def __post_init__(self) -> None:
-        limits = (("domain", 0xFFFFFFFF), ("bus", 0xFF), ("slot", 0x1F), ("function", 7))
-        for field_name, limit in limits:
-            value = getattr(self, field_name)
-            if not isinstance(value, int) or not 0 <= value <= limit:
-                raise errors.InvalidArgumentError(
-                    f"PCI {field_name} {value!r} out of range 0..{limit:#x}",
-                    remedy="a PCI address looks like 0000:00:1f.3 (domain:bus:slot.function)")
-
-    @classmethod
-    def parse(cls, text: Union[str, "PciAddress"]) -> "PciAddress":
-        """Parse ``0000:00:10.0`` or the short ``00:10.0`` (domain 0000)."""
-        if isinstance(text, PciAddress):
-            return text
-        match = _BDF.match(text.strip()) if isinstance(text, str) else None
-        if match is None:
-            raise errors.InvalidArgumentError(
-                f"not a PCI address: {text!r}",
-                remedy="a PCI address looks like 0000:00:1f.3 or 00:1f.3 "
-                       "(domain:bus:slot.function, hexadecimal); `pyvfio ls` lists them")
-        return cls(int(match["domain"] or "0", 16), int(match["bus"], 16),
-                   int(match["slot"], 16), int(match["function"]))
-
-    @property
-    def devfn(self) -> int:
-        """slot << 3 | function, as in the routing ID."""
-        return self.slot << 3 | self.function
-
-    @property
-    def rid(self) -> int:
-        """The 16-bit routing ID (bus << 8 | devfn)."""
-        return self.bus << 8 | self.devfn
-
-    def __str__(self) -> str:
-        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
 
 
 @dataclass(frozen=True)
@@ -148,184 +79,25 @@ class Resource:
         return bool(self.flags & IORESOURCE_MEM_64)
 
 
-# --------------------------------------------------------------------------- sysfs access
-def _sysfs_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a sysfs attribute in one write(2), as the kernel's store expects."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-    try:
-        written = os.write(fd, data)
-    finally:
-        os.close(fd)
-    if written != len(data):
-        raise OSError(_errno.EIO, f"short write ({written} of {len(data)} bytes)")
-
-
-def _write_attr(path: str, value: str, *, device: Optional[str] = None,
-                remedy: Optional[str] = None) -> None:
-    """Write ``value`` to the sysfs file ``path``; failures name the file and the value."""
-    try:
-        _sysfs_write(path, value.encode())
-    except errors.PyvfioError:
-        raise
-    except OSError as exc:
-        err = exc.errno if exc.errno is not None else _errno.EIO
-        if err in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
-            cls: type = errors.PermissionDeniedError
-            if err == _errno.EROFS:
-                remedy = ("sysfs is mounted read-only here (a container?): do this on the "
-                          "host, or remount /sys read-write")
-            elif os.geteuid() == 0:
-                remedy = ("the kernel refused root: sysfs may be read-only in this container "
-                          "(`grep sysfs /proc/mounts`) or kernel lockdown forbids it "
-                          "(`cat /sys/kernel/security/lockdown`)")
-            else:
-                remedy = ("run as root: sysfs attributes that bind drivers, create devices "
-                          "or enable VFs are writable by root only")
-        else:
-            cls = type(errors.from_errno(err))
-        shown = value.strip() or repr(value)
-        raise cls(f"cannot write {shown!r} to {path}: {os.strerror(err)}", errno=err,
-                  op="sysfs write", path=path, device=device, remedy=remedy) from None
-
-
-def _read_text(path: str, device: Optional[str] = None) -> Optional[str]:
-    """The stripped contents of a sysfs file, None when it does not exist."""
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace").strip()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        err = exc.errno if exc.errno is not None else _errno.EIO
-        raise errors.from_errno(err, op="sysfs read", path=path, device=device) from None
-
-
-def _link_name(path: str) -> Optional[str]:
-    """The last component of a symlink's target, None when there is no link."""
-    try:
-        return os.path.basename(os.readlink(path))
-    except OSError:
-        return None
-
-
-def _group_number(devpath: str) -> Optional[int]:
-    name = _link_name(os.path.join(devpath, "iommu_group"))
-    return int(name) if name is not None and name.isdigit() else None
-
-
-def group_entries(group: int, sysfs: str = "/sys") -> List[Tuple[str, Optional[str]]]:
-    """(name, driver) of every device in IOMMU group ``group``, PCI or not, sorted by name."""
-    devdir = os.path.join(sysfs, IOMMU_GROUPS, str(group), "devices")
-    try:
-        names = sorted(os.listdir(devdir))
-    except FileNotFoundError:
-        return []
-    return [(n, _link_name(os.path.join(devdir, n, "driver"))) for n in names]
-
-
-def group_blockers(group: int, sysfs: str = "/sys") -> List[Tuple[str, str]]:
-    """(device, driver) of each member of ``group`` whose driver keeps it from VFIO."""
-    return [(name, drv) for name, drv in group_entries(group, sysfs)
-            if drv is not None and not driver_allows_user_dma(drv)]
-
-
-def not_viable_error(group: int, blockers: List[Tuple[str, str]], *,
-                     device: Optional[str] = None,
-                     path: Optional[str] = None) -> errors.NotViableError:
-    """The error for a group held back by ``blockers``: names each and how to free it."""
-    named = ", ".join(f"{name} bound to {drv}" for name, drv in blockers)
-    binds = "; ".join(f"`pyvfio bind {name}`" if _BDF.match(name) else
-                      f"unbind {name} from {drv}" for name, drv in blockers)
-    return errors.NotViableError(
-        f"IOMMU group {group} is not viable: {named}", device=device, path=path,
-        remedy=f"hand every device of group {group} to vfio-pci (or unbind it): {binds}")
-
-
-def _vfio_group_path(devpath: str, device: str, devroot: str) -> str:
-    """``/dev/vfio/N`` (``/dev/vfio/noiommu-N`` in no-IOMMU mode) for a device's group."""
-    group = _group_number(devpath)
-    if group is None:
-        raise errors.NotFoundError(
-            "not in an IOMMU group", device=device,
-            remedy="enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel command "
-                   "line), or for a machine without one load vfio with "
-                   "enable_unsafe_noiommu_mode=1 and bind the device to vfio-pci")
-    name = _read_text(os.path.join(devpath, "iommu_group", "name"))
-    node = f"noiommu-{group}" if name == "vfio-noiommu" else str(group)
-    return os.path.join(devroot, "vfio", node)
-
-
-def _vfio_cdev_path(devpath: str, devroot: str) -> Optional[str]:
-    """``/dev/vfio/devices/vfioX`` from ``<device>/vfio-dev/vfioX``, None without one.
-
-    VFIO registers ``vfio-dev/vfioX`` for every device it drives, but gives it a
-    character device (a ``dev`` attribute) only with CONFIG_VFIO_DEVICE_CDEV.
-    """
-    base = os.path.join(devpath, "vfio-dev")
-    try:
-        names = sorted(n for n in os.listdir(base) if n.startswith("vfio"))
-    except OSError:
-        return None
-    for name in names:
-        if os.path.exists(os.path.join(base, name, "dev")):
-            return os.path.join(devroot, "vfio", "devices", name)
-    return None
-
-
-def modprobe(module: str) -> None:
-    """Load a kernel module with modprobe(8); :class:`ModuleMissingError` if it cannot."""
-    try:
-        proc = subprocess.run(["modprobe", module], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, check=False)
-    except OSError as exc:
-        raise errors.ModuleMissingError(
-            f"cannot run modprobe to load {module}: {exc.strerror}",
-            remedy=f"install kmod, or load the module by hand (`modprobe {module}`)") from None
-    if proc.returncode != 0:
-        said = proc.stderr.decode(errors="replace").strip()
-        raise errors.ModuleMissingError(
-            f"cannot load kernel module {module}" + (f": {said}" if said else ""),
-            remedy=(f"install the module for the running kernel (`modinfo {module}` finds it "
-                    f"when it is installed)" if os.geteuid() == 0 else
-                    f"run as root, or install the module for the running kernel "
-                    f"(`modinfo {module}` finds it when it is installed)"))
-
-
-def host_has_iommu_groups(sysfs: str = "/sys") -> bool:
-    """Whether the kernel made any IOMMU group (none: the IOMMU is off or absent)."""
-    try:
-        return bool(os.listdir(os.path.join(sysfs, IOMMU_GROUPS)))
-    except OSError:
-        return False
-
-
-IOMMU_OFF_REMEDY = ("the IOMMU is off (the kernel made no IOMMU groups): enable VT-d/AMD-Vi "
-                    "in the firmware and boot with intel_iommu=on (or amd_iommu=on), or "
-                    "accept unsafe no-IOMMU mode (`modprobe vfio enable_unsafe_noiommu_mode=1`)")
-
-
 # --------------------------------------------------------------------------- devices
 class PciDevice:
     """One PCI function, read live from sysfs (``/sys/bus/pci/devices/<BDF>``)."""
 
-    def __init__(self, address: Union[str, PciAddress], *, sysfs: str = "/sys",
-                 devroot: str = "/dev") -> None:
+    def __init__(self, address: Union[str, PciAddress], *, on: Optional[Host] = None) -> None:
         try:
             self.address = PciAddress.parse(address)
         except errors.InvalidArgumentError:
-            match = _BDF.match(address.strip()) if isinstance(address, str) else None
-            if match is None:
+            shown = spelled(address) if isinstance(address, str) else None
+            if shown is None:
                 raise
             # well formed but out of range (slot > 1f): no such device can exist
-            shown = (f"{int(match['domain'] or '0', 16):04x}:{int(match['bus'], 16):02x}:"
-                     f"{int(match['slot'], 16):02x}.{match['function']}")
             raise errors.NotFoundError(
                 f"no PCI device {shown}",
                 remedy="`pyvfio ls` lists the PCI devices present (slots run 00 to 1f)"
                 ) from None
-        self.sysfs = sysfs
-        self.devroot = devroot
-        self.path = os.path.join(sysfs, PCI_DEVICES, str(self.address))
+        #: The machine whose sysfs this device lives in (the current :func:`host` by default).
+        self.host = on or host()
+        self.path = self.host.sys_path(PCI_DEVICES, str(self.address))
         #: (driver, driver_override) before the first :meth:`bind`, for :meth:`restore`.
         self._saved: Optional[Tuple[Optional[str], Optional[str]]] = None
         if not os.path.isdir(self.path):
@@ -345,16 +117,16 @@ class PciDevice:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PciDevice):
             return NotImplemented
-        return (self.address, self.sysfs) == (other.address, other.sysfs)
+        return (self.address, self.host) == (other.address, other.host)
 
     def __hash__(self) -> int:
-        return hash((self.address, self.sysfs))
+        return hash((self.address, self.host))
 
     def _attr_path(self, attr: str) -> str:
         return os.path.join(self.path, attr)
 
     def _text(self, attr: str) -> str:
-        text = _read_text(self._attr_path(attr), self.name)
+        text = read_text(self._attr_path(attr), self.name)
         if text is None:
             raise errors.NotFoundError(
                 f"no {attr} in sysfs (was the device removed?)", device=self.name,
@@ -407,7 +179,7 @@ class PciDevice:
     @property
     def numa_node(self) -> Optional[int]:
         """NUMA node the function is attached to; None when the kernel says -1 (none)."""
-        text = _read_text(self._attr_path("numa_node"), self.name)
+        text = read_text(self._attr_path("numa_node"), self.name)
         if text is None or int(text) < 0:
             return None
         return int(text)
@@ -416,40 +188,40 @@ class PciDevice:
     @property
     def driver(self) -> Optional[str]:
         """Name of the bound driver (the ``driver`` symlink), None when unbound."""
-        return _link_name(self._attr_path("driver"))
+        return link_name(self._attr_path("driver"))
 
     @property
     def driver_override(self) -> Optional[str]:
         """The only driver allowed to bind (``driver_override``), None when unset."""
-        text = _read_text(self._attr_path("driver_override"), self.name)
+        text = read_text(self._attr_path("driver_override"), self.name)
         return None if text in (None, "", _NULL) else text
 
     @property
     def iommu_group(self) -> Optional[int]:
         """IOMMU group number (the ``iommu_group`` symlink), None without an IOMMU."""
-        return _group_number(self.path)
+        return group_number(self.path)
 
     def _group_dir(self) -> Optional[str]:
         group = self.iommu_group
-        return None if group is None else os.path.join(self.sysfs, IOMMU_GROUPS, str(group))
+        return None if group is None else self.host.sys_path(IOMMU_GROUPS, str(group))
 
     def _group_entries(self) -> List[Tuple[str, Optional[str]]]:
         """(name, driver) of every device in the group, PCI or not, sorted by name."""
         group = self.iommu_group
-        return [] if group is None else group_entries(group, self.sysfs)
+        return [] if group is None else group_entries(group, self.host)
 
     def group_members(self) -> List["PciDevice"]:
         """The PCI devices of this device's IOMMU group (itself included); [] without one."""
         members = []
         for name, _ in self._group_entries():
-            if _BDF.match(name) and os.path.isdir(os.path.join(self.sysfs, PCI_DEVICES, name)):
-                members.append(PciDevice(name, sysfs=self.sysfs, devroot=self.devroot))
+            if is_bdf(name) and os.path.isdir(self.host.sys_path(PCI_DEVICES, name)):
+                members.append(PciDevice(name, on=self.host))
         return sorted(members, key=lambda d: d.address)
 
     def group_blockers(self) -> List[Tuple[str, str]]:
         """(device, driver) of each group member whose driver keeps the group from VFIO."""
-        return [(name, drv) for name, drv in self._group_entries()
-                if drv is not None and not driver_allows_user_dma(drv)]
+        group = self.iommu_group
+        return [] if group is None else group_blockers(group, self.host)
 
     def group_viable(self) -> bool:
         """VFIO's rule: every device in the group is unbound or bound to a user-DMA driver.
@@ -478,6 +250,7 @@ class PciDevice:
 
     def bind_remedy(self, driver: str = "vfio-pci") -> str:
         """How to hand this device to ``driver``, or why that cannot work."""
+        from pyvfio.pci.iommu_group import IOMMU_OFF_REMEDY, host_has_iommu_groups
         opt = "" if driver == "vfio-pci" else f" --driver {driver}"
         cmd = f"`pyvfio bind {self.name}{opt}`"
         if "vfio" not in driver:
@@ -486,7 +259,7 @@ class PciDevice:
             kind = "a host bridge" if self.class_code >> 8 == 0x0600 else "a bridge"
             return (f"{self.name} is {kind}, which VFIO cannot take: choose an endpoint "
                     "device (`pyvfio ls`)")
-        if not host_has_iommu_groups(self.sysfs):
+        if not host_has_iommu_groups():
             return f"{IOMMU_OFF_REMEDY}; then {cmd}"
         return cmd
 
@@ -494,14 +267,13 @@ class PciDevice:
         """Raise :class:`NotBoundError` unless the device is bound to ``driver``."""
         now = self.driver
         if now != driver:
-            opt = "" if driver == "vfio-pci" else f" --driver {driver}"
             raise errors.NotBoundError(
                 f"bound to {now or 'no driver'}, not {driver}", device=self.name,
                 remedy=self.bind_remedy(driver))
 
     # ----------------------------------------------------------------- binding
     def _write(self, path: str, value: str, remedy: Optional[str] = None) -> None:
-        _write_attr(path, value, device=self.name, remedy=remedy)
+        write_attr(path, value, device=self.name, remedy=remedy)
 
     def _set_override(self, driver: Optional[str]) -> None:
         if self.driver_override != driver:
@@ -510,10 +282,10 @@ class PciDevice:
 
     def _driver_dir(self, driver: str, load: bool = True) -> str:
         """``/sys/bus/pci/drivers/<driver>``, loading its module first when it is missing."""
-        path = os.path.join(self.sysfs, PCI_DRIVERS, driver)
+        path = self.host.sys_path(PCI_DRIVERS, driver)
         if not os.path.isdir(path) and load:
             module = _MODULE_OF_DRIVER.get(driver, driver)
-            modprobe(module)
+            syscalls.modprobe(module)
             if not os.path.isdir(path):
                 raise errors.ModuleMissingError(
                     f"module {module} loaded but no PCI driver {driver} registered",
@@ -523,13 +295,13 @@ class PciDevice:
 
     def _known_drivers(self) -> List[str]:
         try:
-            return sorted(os.listdir(os.path.join(self.sysfs, PCI_DRIVERS)))
+            return sorted(os.listdir(self.host.sys_path(PCI_DRIVERS)))
         except OSError:
             return []
 
     def _detach(self, driver: str) -> None:
         """Unbind from ``driver``; the kernel runs the driver's remove before returning."""
-        path = os.path.join(self.sysfs, PCI_DRIVERS, driver, "unbind")
+        path = self.host.sys_path(PCI_DRIVERS, driver, "unbind")
         try:
             self._write(path, self.name)
         except errors.NotFoundError:
@@ -538,7 +310,7 @@ class PciDevice:
 
     def _probe(self) -> None:
         """Ask the bus to attach a driver (``drivers_probe``); it honours driver_override."""
-        self._write(os.path.join(self.sysfs, PCI_PROBE), self.name)
+        self._write(self.host.sys_path(PCI_PROBE), self.name)
 
     def _state(self) -> Tuple[Optional[str], Optional[str]]:
         return self.driver, self.driver_override
@@ -658,13 +430,13 @@ class PciDevice:
     @property
     def physfn(self) -> Optional["PciDevice"]:
         """The physical function of a VF, None for anything else."""
-        name = _link_name(self._attr_path("physfn"))
-        return None if name is None else PciDevice(name, sysfs=self.sysfs, devroot=self.devroot)
+        name = link_name(self._attr_path("physfn"))
+        return None if name is None else PciDevice(name, on=self.host)
 
     @property
     def sriov_totalvfs(self) -> int:
         """How many VFs the function can create; 0 when it is not SR-IOV capable."""
-        text = _read_text(self._attr_path("sriov_totalvfs"), self.name)
+        text = read_text(self._attr_path("sriov_totalvfs"), self.name)
         return int(text) if text else 0
 
     @property
@@ -675,7 +447,7 @@ class PciDevice:
         (EBUSY), so the setter disables the VFs first.  The PF's driver must
         support SR-IOV (vfio-pci does with ``enable_sriov=1``).
         """
-        text = _read_text(self._attr_path("sriov_numvfs"), self.name)
+        text = read_text(self._attr_path("sriov_numvfs"), self.name)
         return int(text) if text else 0
 
     @sriov_numvfs.setter
@@ -718,25 +490,25 @@ class PciDevice:
         indexed = []
         for entry in entries:
             if entry.startswith("virtfn") and entry[6:].isdigit():
-                name = _link_name(os.path.join(self.path, entry))
+                name = link_name(os.path.join(self.path, entry))
                 if name is not None:
                     indexed.append((int(entry[6:]), name))
-        return [PciDevice(name, sysfs=self.sysfs, devroot=self.devroot)
+        return [PciDevice(name, on=self.host)
                 for _, name in sorted(indexed)]
 
     # ----------------------------------------------------------------- VFIO nodes, BARs
     def vfio_group_path(self) -> str:
         """The group's VFIO node: ``/dev/vfio/N``, or ``/dev/vfio/noiommu-N`` without an IOMMU."""
-        return _vfio_group_path(self.path, self.name, self.devroot)
+        return vfio_group_path(self.path, self.name, self.host)
 
     def vfio_cdev_path(self) -> Optional[str]:
         """The VFIO device node ``/dev/vfio/devices/vfioX`` (kernel ≥ 6.6), None if absent."""
-        return _vfio_cdev_path(self.path, self.devroot)
+        return vfio_cdev_path(self.path, self.host)
 
     @property
     def resources(self) -> List[Resource]:
         """Every line of the ``resource`` file: BARs 0-5, the ROM, then bridge windows."""
-        text = _read_text(self._attr_path("resource"), self.name) or ""
+        text = read_text(self._attr_path("resource"), self.name) or ""
         out = []
         for index, line in enumerate(text.splitlines()):
             fields = line.split()
@@ -756,27 +528,27 @@ def _as_int(value: Union[int, str, None]) -> Optional[int]:
         raise errors.InvalidArgumentError(f"not a hexadecimal ID: {value!r}") from None
 
 
-def devices(sysfs: str = "/sys", devroot: str = "/dev") -> List[PciDevice]:
+def devices() -> List[PciDevice]:
     """Every PCI function in ``/sys/bus/pci/devices``, sorted by address."""
-    if not os.path.isdir(sysfs):
-        raise errors.NotFoundError(f"no sysfs at {sysfs}", path=sysfs,
+    on = host()
+    if not os.path.isdir(on.sysfs):
+        raise errors.NotFoundError(f"no sysfs at {on.sysfs}", path=on.sysfs,
                                    remedy="mount sysfs (`mount -t sysfs sysfs /sys`)")
     try:
-        names = os.listdir(os.path.join(sysfs, PCI_DEVICES))
+        names = os.listdir(on.sys_path(PCI_DEVICES))
     except FileNotFoundError:
         return []
     found = []
     for name in names:
-        if _BDF.match(name):
+        if is_bdf(name):
             with contextlib.suppress(errors.NotFoundError):  # removed while we looked
-                found.append(PciDevice(name, sysfs=sysfs, devroot=devroot))
+                found.append(PciDevice(name, on=on))
     return sorted(found, key=lambda d: d.address)
 
 
 def find(vendor: Union[int, str, None] = None, device: Union[int, str, None] = None,
          class_code: Optional[int] = None, driver: Optional[str] = None, *,
-         class_mask: int = 0xFFFFFF, sysfs: str = "/sys", devroot: str = "/dev"
-         ) -> List[PciDevice]:
+         class_mask: int = 0xFFFFFF) -> List[PciDevice]:
     """The PCI functions matching every criterion given (IDs as ints or hex strings).
 
     ``class_code`` is compared under ``class_mask`` (e.g. ``0x020000`` with
@@ -784,7 +556,7 @@ def find(vendor: Union[int, str, None] = None, device: Union[int, str, None] = N
     """
     want_vendor, want_device = _as_int(vendor), _as_int(device)
     out = []
-    for dev in devices(sysfs, devroot):
+    for dev in devices():
         try:
             if want_vendor is not None and dev.vendor != want_vendor:
                 continue
@@ -800,6 +572,6 @@ def find(vendor: Union[int, str, None] = None, device: Union[int, str, None] = N
     return out
 
 
-def get(bdf: Union[str, PciAddress], sysfs: str = "/sys", devroot: str = "/dev") -> PciDevice:
+def get(bdf: Union[str, PciAddress]) -> PciDevice:
     """The PCI function at ``bdf``; :class:`NotFoundError` when there is none."""
-    return PciDevice(bdf, sysfs=sysfs, devroot=devroot)
+    return PciDevice(bdf)

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from pyvfio import errors, pci
-from pyvfio.device import open_device
+from pyvfio.vfio.open import open_device
 
 pytestmark = pytest.mark.device
 
@@ -92,7 +92,7 @@ def test_device_features_on_edu(lab_target):
 
 def test_mtty_mdev_create_open_remove(lab_target):
     _need_guest(lab_target)
-    from pyvfio import mdev
+    from pyvfio.vfio import mdev
     parents = [p for p in mdev.parents() if p.name == "mtty"]
     if not parents:
         pytest.skip(f"kernel {lab_target.kernel} has no mtty sample driver (full kernel has it)")

@@ -5,27 +5,22 @@ container path) or from the device's cdev ``/dev/vfio/devices/vfioN`` bound
 to an iommufd (``VFIO_DEVICE_BIND_IOMMUFD`` + ``VFIO_DEVICE_ATTACH_IOMMUFD_PT``).
 Either way the device offers the same things: regions, interrupts, reset and
 features; and either way ``device.dma`` is the I/O address space its DMA
-goes through.
-
-:func:`open_device` picks the path (iommufd when ``/dev/iommu`` and the cdev
-exist), opens everything needed, and the returned :class:`Device` closes all
-of it, in order, when it is closed.
+goes through.  :func:`pyvfio.vfio.open.open_device` chooses the path.
 """
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
 from pyvfio.core.space import IoAddressSpace
-from pyvfio.irq import Irq
-from pyvfio.region import Region
+from pyvfio.vfio.irq import Irq
+from pyvfio.vfio.region import Region
 from pyvfio.core.uapi import lib
 
-__all__ = ["Device", "DeviceInfo", "HotResetDevice", "open_device"]
+__all__ = ["Device", "DeviceInfo", "HotResetDevice"]
 
 
 class DeviceInfo(NamedTuple):
@@ -119,9 +114,9 @@ class Device:
 
     @property
     def config(self):
-        """The PCI configuration space (a :class:`pyvfio.pciconfig.PciConfig`)."""
+        """The PCI configuration space (a :class:`pyvfio.pci.config.PciConfig`)."""
         if self._config is None:
-            from pyvfio.pciconfig import PciConfig
+            from pyvfio.pci.config import PciConfig
             self._config = PciConfig(self.region(lib.VFIO_PCI_CONFIG_REGION_INDEX))
         return self._config
 
@@ -195,7 +190,7 @@ class Device:
     @property
     def features(self):
         """``VFIO_DEVICE_FEATURE``: migration, low power, DMA logging (a :class:`Features`)."""
-        from pyvfio.features import Features
+        from pyvfio.vfio.features import Features
         self._check_open()
         return Features(self)
 
@@ -238,101 +233,3 @@ class Device:
 
     def __repr__(self) -> str:
         return f"<Device {self.name}{' closed' if self.fd is None else ''} dma={self.dma!r}>"
-
-
-# ---------------------------------------------------------------------------
-# opening a device
-# ---------------------------------------------------------------------------
-
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-
-
-def _locate(name: str, sysfs: str, devroot: str):
-    """The sysfs view of ``name``: a PciDevice, or an Mdev for a UUID; checked bound to VFIO."""
-    if _UUID.match(name):
-        from pyvfio import mdev
-        return mdev.get(name, sysfs=sysfs, devroot=devroot)
-    from pyvfio import pci
-    dev = pci.get(name, sysfs=sysfs, devroot=devroot)
-    driver = dev.driver
-    if not driver or "vfio" not in driver:
-        raise errors.NotBoundError(
-            f"not bound to vfio-pci (driver: {driver or 'none'})", device=dev.name,
-            remedy=dev.bind_remedy("vfio-pci"))
-    return dev
-
-
-def open_device(name: str, *, iommu: str = "auto", sysfs: str = "/sys", devroot: str = "/dev",
-                allow_noiommu: bool = False, iommu_model: Optional[str] = None) -> Device:
-    """Open VFIO device ``name`` (a PCI address or an mdev UUID) with its own IOMMU context.
-
-    ``iommu`` chooses the path: ``"iommufd"`` (cdev + /dev/iommu),
-    ``"container"`` (group + /dev/vfio/vfio), or ``"auto"``: iommufd when both
-    nodes exist, the container otherwise.  ``iommu_model`` picks the
-    container's IOMMU (type1v2, spapr_v2, noiommu...; best offered if None).
-    ``allow_noiommu`` must be set to use a no-IOMMU group.
-    """
-    if iommu not in ("auto", "iommufd", "container"):
-        raise errors.InvalidArgumentError(f"iommu must be auto, iommufd or container, not {iommu!r}")
-    where = _locate(name, sysfs, devroot)
-    name = where.name if hasattr(where, "address") else name
-    cdev = where.vfio_cdev_path()
-    has_iommufd = os.path.exists(os.path.join(devroot, "iommu"))
-    if iommu == "iommufd" or (iommu == "auto" and cdev and has_iommufd and not allow_noiommu):
-        if not cdev:
-            raise errors.NotFoundError(
-                "the device has no VFIO cdev", device=name,
-                remedy="needs a kernel with CONFIG_VFIO_DEVICE_CDEV=y, or use iommu='container'")
-        return _open_iommufd(name, cdev, devroot)
-    group_path = where.vfio_group_path()
-    if not os.path.exists(group_path):
-        raise errors.NotFoundError("no VFIO group node", device=name, path=group_path,
-                                   remedy=f"bind the device to vfio-pci: pyvfio bind {name}")
-    return _open_container(name, group_path, devroot, sysfs, allow_noiommu, iommu_model)
-
-
-def _open_iommufd(name: str, cdev: str, devroot: str) -> Device:
-    from pyvfio.iommufd import IommuFd
-    ictx = IommuFd(devroot=devroot)
-    fd = None
-    try:
-        ioas = ictx.ioas()
-        fd = syscalls.open(cdev, os.O_RDWR, device=name)
-        bind = argsz.new("struct vfio_device_bind_iommufd", iommufd=ictx.fd)
-        syscalls.ioctl(fd, lib.VFIO_DEVICE_BIND_IOMMUFD, bind, device=name)
-        attach = argsz.new("struct vfio_device_attach_iommufd_pt", pt_id=ioas.id)
-        syscalls.ioctl(fd, lib.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach, device=name)
-    except BaseException:
-        if fd is not None:
-            syscalls.close(fd)
-        ictx.close()
-        raise
-    dev = Device(fd, name, dma=ioas, owned=[ictx], path=cdev)
-    dev.dev_id = bind.out_devid
-    return dev
-
-
-def _open_container(name: str, group_path: str, devroot: str, sysfs: str,
-                    allow_noiommu: bool, iommu_model: Optional[str]) -> Device:
-    from pyvfio.container import Container
-    from pyvfio.group import Group
-    noiommu = os.path.basename(group_path).startswith("noiommu-")
-    if noiommu and not allow_noiommu:
-        raise errors.PermissionDeniedError(
-            "the device's group is a no-IOMMU group: DMA is not isolated", device=name,
-            path=group_path, remedy="pass allow_noiommu=True to accept that")
-    container = Container(devroot=devroot)
-    group = None
-    try:
-        group = Group(group_path, sysfs=sysfs)
-        group.set_container(container)
-        container.set_iommu(iommu_model or ("noiommu" if noiommu else None),
-                            allow_noiommu=allow_noiommu)
-        fd = group.get_device_fd(name)
-    except BaseException:
-        if group is not None:
-            group.close()
-        container.close()
-        raise
-    dma = None if noiommu else container
-    return Device(fd, name, dma=dma, group=group, owned=[container, group], path=group_path)

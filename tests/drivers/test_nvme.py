@@ -21,7 +21,7 @@ from conftest import require_vfio_path
 from pyvfio import errors, pci
 
 from pyvfio.core import syscalls
-from pyvfio.device import open_device
+from pyvfio.vfio.open import open_device
 from pyvfio.drivers import nvme as nv
 from pyvfio.drivers.nvme import Capabilities, Completion, Nvme, NvmeError, status_text
 

@@ -1260,15 +1260,14 @@ def test_update_vaddr_and_dirty_bitmap(edu):
 
 @pytest.mark.host
 def test_open_device_in_a_non_viable_group_names_the_culprit(tmp_path):
-    from pyvfio.device import open_device
+    from pyvfio.vfio.open import open_device
     from pyvfio.mock import EduModel, MockKernel
     kernel = MockKernel(str(tmp_path), devices=[EduModel(bdf="0000:00:10.0", group=5,
                                                           viable=False)])
     before = syscalls.open_fds()
-    with syscalls.use(kernel):
+    with kernel.installed():
         with pytest.raises(errors.NotViableError) as ei:
-            open_device("0000:00:10.0", iommu="container", sysfs=kernel.sysfs,
-                        devroot=kernel.devroot)
+            open_device("0000:00:10.0", iommu="container")
     text = str(ei.value)
     assert "IOMMU group 5 is not viable" in text and "bound to e1000e" in text
     assert "pyvfio bind" in ei.value.remedy

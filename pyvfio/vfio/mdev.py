@@ -15,8 +15,8 @@ from types import TracebackType
 from typing import List, Optional, Type
 
 from pyvfio import errors
-from pyvfio.pci import _group_number, _link_name, _read_text, _vfio_cdev_path, _vfio_group_path
-from pyvfio.pci import _write_attr
+from pyvfio.core.sysfs import Host, host, link_name, read_text, write_attr
+from pyvfio.pci.iommu_group import group_number, vfio_cdev_path, vfio_group_path
 
 __all__ = ["MdevParent", "MdevType", "Mdev", "parents", "devices", "get"]
 
@@ -37,13 +37,12 @@ def _canonical_uuid(value: object) -> str:
 class MdevParent:
     """A device whose driver creates mdevs (``/sys/class/mdev_bus/<name>``)."""
 
-    def __init__(self, name: str, *, sysfs: str = "/sys", devroot: str = "/dev") -> None:
+    def __init__(self, name: str, *, on: Optional[Host] = None) -> None:
         self.name = name
-        self.sysfs = sysfs
-        self.devroot = devroot
-        self.path = os.path.join(sysfs, MDEV_BUS, name)
+        self.host = on or host()
+        self.path = self.host.sys_path(MDEV_BUS, name)
         if not os.path.isdir(self.path):
-            known = ", ".join(p.name for p in parents(sysfs, devroot)) or "none"
+            known = ", ".join(p.name for p in parents()) or "none"
             raise errors.NotFoundError(
                 f"no mdev parent {name} (parents: {known})",
                 remedy="load the parent's driver with mdev support (e.g. i915 with GVT-g, "
@@ -55,10 +54,10 @@ class MdevParent:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MdevParent):
             return NotImplemented
-        return (self.name, self.sysfs) == (other.name, other.sysfs)
+        return (self.name, self.host) == (other.name, other.host)
 
     def __hash__(self) -> int:
-        return hash((self.name, self.sysfs))
+        return hash((self.name, self.host))
 
     def types(self) -> List["MdevType"]:
         """The mdev types the parent offers, sorted by id."""
@@ -110,7 +109,7 @@ class MdevType:
         return hash((self.parent, self.id))
 
     def _text(self, attr: str) -> Optional[str]:
-        return _read_text(os.path.join(self.path, attr), self.parent.name)
+        return read_text(os.path.join(self.path, attr), self.parent.name)
 
     @property
     def name(self) -> Optional[str]:
@@ -139,7 +138,7 @@ class MdevType:
             names = sorted(os.listdir(os.path.join(self.path, "devices")))
         except FileNotFoundError:
             return []
-        return [Mdev(n, sysfs=self.parent.sysfs, devroot=self.parent.devroot) for n in names]
+        return [Mdev(n, on=self.parent.host) for n in names]
 
     def create(self, uuid: Optional[object] = None) -> "Mdev":
         """Write a UUID to ``create``; the kernel makes ``/sys/bus/mdev/devices/<uuid>``."""
@@ -156,7 +155,7 @@ class MdevType:
                                     for t in self.parent.types() if t.id != self.id)
                           or "the parent has no other"))
         try:
-            _write_attr(os.path.join(self.path, "create"), name, device=where)
+            write_attr(os.path.join(self.path, "create"), name, device=where)
         except errors.PyvfioError as exc:
             if exc.errno == _errno.EEXIST:
                 raise errors.BusyError(
@@ -167,17 +166,16 @@ class MdevType:
                     f"no instances of mdev type {self.id} left", errno=exc.errno, device=where,
                     remedy="remove an mdev of this type or choose another type") from None
             raise
-        return Mdev(name, sysfs=self.parent.sysfs, devroot=self.parent.devroot)
+        return Mdev(name, on=self.parent.host)
 
 
 class Mdev:
     """One mediated device (``/sys/bus/mdev/devices/<uuid>``); ``with`` removes it at the end."""
 
-    def __init__(self, uuid: object, *, sysfs: str = "/sys", devroot: str = "/dev") -> None:
+    def __init__(self, uuid: object, *, on: Optional[Host] = None) -> None:
         self.uuid = _canonical_uuid(uuid)
-        self.sysfs = sysfs
-        self.devroot = devroot
-        self.path = os.path.join(sysfs, MDEV_DEVICES, self.uuid)
+        self.host = on or host()
+        self.path = self.host.sys_path(MDEV_DEVICES, self.uuid)
         if not os.path.isdir(self.path):
             raise errors.NotFoundError(
                 f"no mdev {self.uuid}",
@@ -190,10 +188,10 @@ class Mdev:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mdev):
             return NotImplemented
-        return (self.uuid, self.sysfs) == (other.uuid, other.sysfs)
+        return (self.uuid, self.host) == (other.uuid, other.host)
 
     def __hash__(self) -> int:
-        return hash((self.uuid, self.sysfs))
+        return hash((self.uuid, self.host))
 
     @property
     def exists(self) -> bool:
@@ -204,12 +202,12 @@ class Mdev:
     def parent(self) -> MdevParent:
         """The parent device (the directory the mdev lives in)."""
         parent_name = os.path.basename(os.path.dirname(os.path.realpath(self.path)))
-        return MdevParent(parent_name, sysfs=self.sysfs, devroot=self.devroot)
+        return MdevParent(parent_name, on=self.host)
 
     @property
     def type(self) -> MdevType:
         """The mdev's type (the ``mdev_type`` symlink)."""
-        type_id = _link_name(os.path.join(self.path, "mdev_type"))
+        type_id = link_name(os.path.join(self.path, "mdev_type"))
         if type_id is None:
             raise errors.NotFoundError(f"no mdev_type link in {self.path}", device=self.uuid)
         return MdevType(self.parent, type_id)
@@ -217,24 +215,24 @@ class Mdev:
     @property
     def driver(self) -> Optional[str]:
         """The driver bound on the mdev bus, None when unbound."""
-        return _link_name(os.path.join(self.path, "driver"))
+        return link_name(os.path.join(self.path, "driver"))
 
     @property
     def iommu_group(self) -> Optional[int]:
         """The IOMMU group VFIO made for the mdev, None when it has none."""
-        return _group_number(self.path)
+        return group_number(self.path)
 
     def vfio_group_path(self) -> str:
         """The group's VFIO node, ``/dev/vfio/N``."""
-        return _vfio_group_path(self.path, self.uuid, self.devroot)
+        return vfio_group_path(self.path, self.uuid, self.host)
 
     def vfio_cdev_path(self) -> Optional[str]:
         """The VFIO device node ``/dev/vfio/devices/vfioX``, None if absent."""
-        return _vfio_cdev_path(self.path, self.devroot)
+        return vfio_cdev_path(self.path, self.host)
 
     def remove(self) -> None:
         """Destroy the mdev (write ``1`` to its ``remove``)."""
-        _write_attr(os.path.join(self.path, "remove"), "1", device=self.uuid,
+        write_attr(os.path.join(self.path, "remove"), "1", device=self.uuid,
                     remedy="close every file descriptor of the mdev first")
 
     def __enter__(self) -> "Mdev":
@@ -246,24 +244,24 @@ class Mdev:
             self.remove()
 
 
-def parents(sysfs: str = "/sys", devroot: str = "/dev") -> List[MdevParent]:
+def parents() -> List[MdevParent]:
     """Every device that can create mdevs, sorted by name."""
     try:
-        names = sorted(os.listdir(os.path.join(sysfs, MDEV_BUS)))
+        names = sorted(os.listdir(host().sys_path(MDEV_BUS)))
     except FileNotFoundError:
         return []
-    return [MdevParent(n, sysfs=sysfs, devroot=devroot) for n in names]
+    return [MdevParent(n) for n in names]
 
 
-def devices(sysfs: str = "/sys", devroot: str = "/dev") -> List[Mdev]:
+def devices() -> List[Mdev]:
     """Every mdev present, sorted by UUID."""
     try:
-        names = sorted(os.listdir(os.path.join(sysfs, MDEV_DEVICES)))
+        names = sorted(os.listdir(host().sys_path(MDEV_DEVICES)))
     except FileNotFoundError:
         return []
-    return [Mdev(n, sysfs=sysfs, devroot=devroot) for n in names]
+    return [Mdev(n) for n in names]
 
 
-def get(uuid: object, sysfs: str = "/sys", devroot: str = "/dev") -> Mdev:
+def get(uuid: object) -> Mdev:
     """The mdev named ``uuid``; :class:`NotFoundError` when there is none."""
-    return Mdev(uuid, sysfs=sysfs, devroot=devroot)
+    return Mdev(uuid)

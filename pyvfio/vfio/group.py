@@ -12,6 +12,7 @@ from typing import Optional, Union
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Group"]
@@ -23,16 +24,16 @@ class Group:
     ``group`` is the group number, ``"noiommu-N"``, or a path to the node.
     """
 
-    def __init__(self, group: Union[int, str], *, devroot: str = "/dev",
-                 sysfs: str = "/sys") -> None:
+    def __init__(self, group: Union[int, str]) -> None:
+        #: The machine whose /dev and sysfs hold the group.
+        self.host = host()
         if isinstance(group, int) or str(group).isdigit() or str(group).startswith("noiommu-"):
-            self.path = os.path.join(devroot, "vfio", str(group))
+            self.path = self.host.dev_path("vfio", str(group))
         else:
             self.path = str(group)
         self.name = os.path.basename(self.path)
         self.number = int(self.name.rsplit("-", 1)[-1])
         self.noiommu = self.name.startswith("noiommu-")
-        self.sysfs = sysfs
         self.container = None
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
 
@@ -57,7 +58,7 @@ class Group:
         if self.viable:
             return
         from pyvfio import pci
-        blockers = pci.group_blockers(self.number, self.sysfs)
+        blockers = pci.group_blockers(self.number, self.host)
         if blockers:
             raise pci.not_viable_error(self.number, blockers, path=self.path)
         raise errors.NotViableError(f"IOMMU group {self.number} is not viable", path=self.path)

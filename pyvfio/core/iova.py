@@ -1,0 +1,105 @@
+"""The allocation of I/O virtual addresses.
+
+An :class:`IovaAllocator` hands out IOVAs inside the ranges the IOMMU reports
+as usable (and below the device's DMA mask), so that a mapping the kernel
+would refuse, or the device could not reach, is refused here first.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from pyvfio import errors
+from pyvfio.core.memory import PAGE_SIZE, round_up
+
+__all__ = ["IovaAllocator"]
+
+
+class IovaAllocator:
+    """First-fit allocation of IOVA space inside the IOMMU's usable ranges.
+
+    ``ranges`` are inclusive ``(start, last)`` pairs as the kernel reports
+    them (type1's IOVA_RANGE capability, iommufd's IOAS_IOVA_RANGES, an sPAPR
+    DMA window).  ``dma_mask_bits`` limits them to what the device can
+    address; ``alignment`` is the IOMMU's smallest page size.
+    """
+
+    def __init__(self, ranges: Iterable[Tuple[int, int]], *, alignment: int = PAGE_SIZE,
+                 dma_mask_bits: Optional[int] = None, base: int = 0) -> None:
+        limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
+        self.alignment = alignment
+        self.ranges: List[Tuple[int, int]] = []
+        for start, last in sorted(ranges):
+            start, last = max(start, base), min(last, limit)
+            start = round_up(start, alignment)
+            if last >= start + alignment - 1:
+                self.ranges.append((start, last))
+        self._used: List[Tuple[int, int]] = []      # sorted (start, end-exclusive)
+
+    def contains(self, iova: int, size: int) -> bool:
+        """Whether [iova, iova+size) lies inside one usable range."""
+        return size > 0 and any(s <= iova and iova + size - 1 <= last for s, last in self.ranges)
+
+    def check(self, iova: int, size: int, *, device: Optional[str] = None) -> None:
+        """Refuse a range the IOMMU would not map, with the usable ranges in the message."""
+        if iova % self.alignment or size % self.alignment:
+            raise errors.IovaError(
+                f"IOVA {iova:#x} size {size:#x} is not aligned to the IOMMU page size "
+                f"{self.alignment:#x}", device=device)
+        if not self.contains(iova, size):
+            usable = ", ".join(f"[{s:#x}-{e:#x}]" for s, e in self.ranges) or "none"
+            raise errors.IovaError(
+                f"IOVA range [{iova:#x}-{iova + size - 1:#x}] is outside the usable IOVA ranges "
+                f"({usable})", device=device,
+                remedy="let pyvfio choose the IOVA (iova=None) or pick one inside a usable range")
+
+    def reserve(self, iova: int, size: int, *, device: Optional[str] = None) -> int:
+        """Claim a fixed range; it must be usable and free."""
+        self.check(iova, size, device=device)
+        i = bisect.bisect_left(self._used, (iova, 0))
+        before = self._used[i - 1] if i else None
+        after = self._used[i] if i < len(self._used) else None
+        if (before and before[1] > iova) or (after and after[0] < iova + size):
+            raise errors.IovaError(f"IOVA range {iova:#x}+{size:#x} overlaps an existing mapping",
+                                   device=device)
+        self._used.insert(i, (iova, iova + size))
+        return iova
+
+    def alloc(self, size: int, *, align: Optional[int] = None,
+              dma_mask_bits: Optional[int] = None) -> int:
+        """Find and claim ``size`` bytes of free IOVA space; returns its start.
+
+        ``dma_mask_bits`` keeps the range below what one device can address.
+        """
+        align = max(align or self.alignment, self.alignment)
+        limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
+        size = round_up(size, self.alignment)
+        for start, last in self.ranges:
+            last = min(last, limit)
+            cand = round_up(start, align)
+            for ustart, uend in self._used:
+                if uend <= cand:
+                    continue
+                if ustart >= cand + size:
+                    break
+                cand = round_up(uend, align)
+            if cand + size - 1 <= last:
+                bisect.insort(self._used, (cand, cand + size))
+                return cand
+        raise errors.IovaError(f"no free IOVA space for {size:#x} bytes",
+                               remedy="unmap buffers no longer used")
+
+    def free(self, iova: int) -> None:
+        """Give back the range that starts at ``iova``."""
+        for i, (s, _) in enumerate(self._used):
+            if s == iova:
+                del self._used[i]
+                return
+        raise errors.IovaError(f"IOVA {iova:#x} was not allocated")
+
+    def clear(self) -> None:
+        self._used.clear()
+
+    @property
+    def used(self) -> Sequence[Tuple[int, int]]:
+        return tuple(self._used)
