@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = [
     "PyvfioError", "NotFoundError", "PermissionDeniedError", "NotSupportedError",
     "BusyError", "MemlockError", "InvalidArgumentError", "ClosedError",
     "OutOfBoundsError", "NotViableError", "IovaError", "ModuleMissingError",
-    "NotBoundError", "TimedOutError", "from_errno",
+    "NotBoundError", "TimedOutError", "ArgumentTypeError", "from_errno",
 ]
 
 
@@ -105,6 +105,19 @@ class MemlockError(PyvfioError, MemoryError):
 
 class InvalidArgumentError(PyvfioError, ValueError):
     """EINVAL: the kernel rejected an argument."""
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong type (a float offset, a bool count, a str size...).
+
+    Both a :class:`TypeError` and an :class:`InvalidArgumentError`, so
+    ``except ValueError`` and ``except TypeError`` both catch it; raised before
+    anything reaches the kernel, naming the argument and the device.
+    """
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        kw.setdefault("errno", _errno.EINVAL)
+        super().__init__(message, **kw)
 
 
 class ClosedError(PyvfioError, ValueError):

@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.sysfs import host
 from pyvfio.core.space import DmaMapping, IoAddressSpace
 from pyvfio.core.uapi import ffi, lib
@@ -24,17 +25,22 @@ __all__ = ["IommuFd", "Ioas"]
 _U64_MAX = (1 << 64) - 1
 
 
-class IommuFd:
+class IommuFd(Handle):
     """An open ``/dev/iommu``: the container of IOAS and device objects."""
 
     def __init__(self, path: Optional[str] = None) -> None:
         self.path = path or host().dev_path("iommu")
+        self.name = self.path
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
         self.ioas_list: List["Ioas"] = []
 
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "fd", None) is None
+
     def _check_open(self) -> int:
         if self.fd is None:
-            raise errors.ClosedError(f"iommufd {self.path}")
+            raise errors.ClosedError(f"iommufd {self.path}", path=self.path)
         return self.fd
 
     def ioas(self) -> "Ioas":
@@ -42,6 +48,7 @@ class IommuFd:
         p = argsz.new("struct iommu_ioas_alloc")
         syscalls.ioctl(self._check_open(), lib.IOMMU_IOAS_ALLOC, p)
         ioas = Ioas(self, p.out_ioas_id)
+        ioas._owner = self
         self.ioas_list.append(ioas)
         return ioas
 
@@ -78,12 +85,6 @@ class IommuFd:
         finally:
             syscalls.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "IommuFd":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<IommuFd {self.path} ioas={[i.id for i in self.ioas_list]}>"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import mmap as _mmap
 import os
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 from pyvfio import errors
-from pyvfio.core import syscalls
+from pyvfio.core import args, syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.uapi import ffi
 
 __all__ = ["DmaBuffer", "PAGE_SIZE", "HUGE_2M", "HUGE_1G", "round_up"]
@@ -28,7 +29,11 @@ def round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-class DmaBuffer:
+#: The largest buffer accepted: the x86-64/arm64 user address space (47/48 bits).
+MAX_SIZE = 1 << 47
+
+
+class DmaBuffer(Handle):
     """Page-aligned memory a device can read and write by DMA.
 
     ``kind`` is ``"anonymous"`` (shared anonymous pages), ``"memfd"`` (a
@@ -39,19 +44,29 @@ class DmaBuffer:
 
     def __init__(self, size: int, kind: str = "anonymous", *,
                  page_size: Optional[int] = None, name: str = "pyvfio-dma") -> None:
-        if size <= 0:
-            raise errors.InvalidArgumentError(f"DMA buffer size must be positive, not {size}")
-        if kind not in ("anonymous", "memfd", "hugetlb"):
-            raise errors.InvalidArgumentError(
-                f"unknown DMA buffer kind {kind!r}", remedy="use anonymous, memfd or hugetlb")
+        self.name = "DMA buffer"
+        self._mmap: Optional[_mmap.mmap] = None
+        self.fd: Optional[int] = None
+        size = args.integer(size, "DMA buffer size", lo=1, hi=MAX_SIZE)
+        args.choice(kind, "DMA buffer kind", ("anonymous", "memfd", "hugetlb"))
+        if not isinstance(name, str) or "\0" in name:
+            raise errors.ArgumentTypeError(f"DMA buffer name must be a str, not {name!r}")
+        if page_size is not None:
+            page_size = args.integer(page_size, "page_size", lo=PAGE_SIZE, hi=HUGE_1G)
+            if page_size & (page_size - 1):
+                raise errors.InvalidArgumentError(
+                    f"page_size must be a power of two, not {page_size:#x}")
+            if kind != "hugetlb" and page_size != PAGE_SIZE:
+                raise errors.InvalidArgumentError(
+                    f"page_size {page_size:#x} needs kind='hugetlb'",
+                    remedy="DmaBuffer(size, 'hugetlb', page_size=HUGE_2M)")
         if kind == "hugetlb":
             page_size = page_size or HUGE_2M
         self.page_size = page_size or PAGE_SIZE
         self.kind = kind
         self.size = round_up(size, self.page_size)
-        self.fd: Optional[int] = None
+        self.name = f"DMA buffer of {self.size:#x} bytes"
         self._ptr = None
-        self._mmap = None
         self.spaces: set = set()        # I/O address spaces that map this buffer
         self._locked = False            # mlock'ed for physical_address()
         try:
@@ -94,7 +109,9 @@ class DmaBuffer:
     # -- access -------------------------------------------------------------
     def _check(self) -> None:
         if self._mmap is None:
-            raise errors.ClosedError("DMA buffer")
+            raise errors.ClosedError(self.name, device=self.name)
+
+    _check_open = _check
 
     @property
     def view(self) -> memoryview:
@@ -105,34 +122,64 @@ class DmaBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         self._check()
-        return self._mmap[key]
+        if not isinstance(key, (int, slice)) or isinstance(key, bool):
+            raise errors.ArgumentTypeError(f"a DMA buffer index must be an int or a slice, "
+                                           f"not {key!r}", device=self.name)
+        try:
+            return self._mmap[key]          # type: ignore[index]
+        except IndexError:
+            raise errors.OutOfBoundsError(f"index {key} is outside the {self.size:#x}-byte "
+                                          "DMA buffer", device=self.name) from None
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidArgumentError(f"bad DMA buffer index {key!r}: {exc}",
+                                              device=self.name) from None
 
-    def __setitem__(self, key, value) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         self._check()
-        self._mmap[key] = value
+        if not isinstance(key, (int, slice)) or isinstance(key, bool):
+            raise errors.ArgumentTypeError(f"a DMA buffer index must be an int or a slice, "
+                                           f"not {key!r}", device=self.name)
+        if isinstance(key, int):
+            value = args.integer(value, "byte value", device=self.name, hi=0xFF)
+        else:
+            value = args.data(value, "data", device=self.name)
+        try:
+            self._mmap[key] = value         # type: ignore[index]
+        except IndexError:
+            raise errors.OutOfBoundsError(f"index {key} is outside the {self.size:#x}-byte "
+                                          "DMA buffer", device=self.name) from None
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidArgumentError(f"cannot store at {key!r}: {exc}",
+                                              device=self.name) from None
 
     def read(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset``, bounds-checked."""
-        self._bounds(offset, size)
-        return self._mmap[offset:offset + size]
+        offset, size = self._bounds(offset, size)
+        return self._mmap[offset:offset + size]      # type: ignore[index]
 
     def write(self, offset: int, data: bytes) -> None:
         """Copy ``data`` to ``offset``, bounds-checked."""
-        self._bounds(offset, len(data))
-        self._mmap[offset:offset + len(data)] = data
+        data = args.data(data, "data", device=self.name)
+        offset, n = self._bounds(offset, len(data))
+        self._mmap[offset:offset + n] = data         # type: ignore[index]
 
     def fill(self, byte: int = 0) -> None:
-        """Set every byte of the buffer."""
+        """Set every byte of the buffer to ``byte`` (0..255)."""
         self._check()
+        byte = args.integer(byte, "fill byte", device=self.name, hi=0xFF)
         ffi.memmove(self._ptr, bytes([byte]) * self.size, self.size)
 
-    def _bounds(self, offset: int, size: int) -> None:
+    def _bounds(self, offset: int, size: int) -> Tuple[int, int]:
         self._check()
-        if offset < 0 or size < 0 or offset + size > self.size:
+        offset = args.integer(offset, "offset", device=self.name, hi=None)
+        size = args.integer(size, "size", device=self.name, hi=None)
+        if offset + size > self.size:
             raise errors.OutOfBoundsError(
-                f"access of {size} bytes at {offset:#x} is outside the {self.size:#x}-byte DMA buffer")
+                f"access of {size} bytes at {offset:#x} is outside the {self.size:#x}-byte "
+                "DMA buffer", device=self.name)
+        return offset, size
 
     def physical_address(self, offset: int = 0) -> int:
         """The physical address of byte ``offset``, for no-IOMMU DMA.
@@ -141,7 +188,7 @@ class DmaBuffer:
         first; a DMA longer than a page needs physically contiguous memory:
         use ``kind="hugetlb"``.
         """
-        self._bounds(offset, 1)
+        offset, _ = self._bounds(offset, 1)
         if not self._locked:
             syscalls.mlock(self.vaddr, self.size)
             self._locked = True
@@ -194,12 +241,6 @@ class DmaBuffer:
         if first is not None:
             raise first
 
-    def __enter__(self) -> "DmaBuffer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"vaddr={self.vaddr:#x}"
+        state = "closed" if self.closed else f"vaddr={getattr(self, 'vaddr', 0):#x}"
         return f"<DmaBuffer {self.kind} {self.size:#x} bytes {state}>"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from pyvfio import errors
+from pyvfio.core.handle import Handle
 from pyvfio.core.iova import IovaAllocator
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
 
@@ -28,7 +29,7 @@ class DmaMapping(NamedTuple):
     buffer: Optional[DmaBuffer]
 
 
-class IoAddressSpace:
+class IoAddressSpace(Handle):
     """Base of the IOMMU backends: map, unmap, and release everything on close."""
 
     #: name used in messages (the device or node the space belongs to)
@@ -176,12 +177,6 @@ class IoAddressSpace:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.space import IoAddressSpace
 from pyvfio.vfio.irq import Irq
 from pyvfio.vfio.region import Region
@@ -49,7 +50,7 @@ class HotResetDevice(NamedTuple):
         return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
 
 
-class Device:
+class Device(Handle):
     """An open VFIO device.
 
     ``owned`` are objects opened for this device (group, container, iommufd)
@@ -65,6 +66,8 @@ class Device:
         self.group = group
         self.dev_id: Optional[int] = None
         self._owned = list(owned)
+        for obj in self._owned:
+            obj._owner = self
         self._regions: Dict[int, Region] = {}
         self._irqs: Dict[int, Irq] = {}
         self._config = None
@@ -77,11 +80,11 @@ class Device:
     # -- state ------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        return self.fd is None
+        return getattr(self, "fd", None) is None
 
     def _check_open(self) -> int:
         if self.fd is None:
-            raise errors.ClosedError(f"VFIO device {self.name}")
+            raise errors.ClosedError(f"VFIO device {self.name}", device=self.name)
         return self.fd
 
     def _get_info(self) -> DeviceInfo:
@@ -220,16 +223,6 @@ class Device:
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
-
-    def __enter__(self) -> "Device":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.close()
-        except errors.PyvfioError:
-            if exc_type is None:      # never hide the error that ended the block
-                raise
 
     def __repr__(self) -> str:
         return f"<Device {self.name}{' closed' if self.fd is None else ''} dma={self.dma!r}>"

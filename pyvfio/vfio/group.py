@@ -12,13 +12,14 @@ from typing import Optional, Union
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Group"]
 
 
-class Group:
+class Group(Handle):
     """An open VFIO group node.
 
     ``group`` is the group number, ``"noiommu-N"``, or a path to the node.
@@ -37,9 +38,13 @@ class Group:
         self.container = None
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
 
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "fd", None) is None
+
     def _check_open(self) -> int:
         if self.fd is None:
-            raise errors.ClosedError(f"VFIO group {self.path}")
+            raise errors.ClosedError(f"VFIO group {self.path}", path=self.path)
         return self.fd
 
     @property
@@ -102,12 +107,6 @@ class Group:
         finally:
             syscalls.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "Group":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Group {self.path}{' closed' if self.fd is None else ''}>"

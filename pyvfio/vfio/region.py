@@ -20,6 +20,7 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Region", "RegionInfo"]
@@ -77,12 +78,14 @@ class _Area:
         syscalls.munmap(self.mapping)
 
 
-class Region:
+class Region(Handle):
     """One region of an open VFIO device."""
 
     def __init__(self, device: Any, index: int, info: Optional[RegionInfo] = None) -> None:
         self.device = device
+        self._owner = device
         self.index = index
+        self.name = f"{device.name} region {index}"
         self.info = info or region_info(device.fd, index, device.name)
         self.size = self.info.size
         self.offset = self.info.offset
@@ -115,8 +118,12 @@ class Region:
 
     def _check(self) -> None:
         if self._closed:
-            raise errors.ClosedError(self._where())
+            raise errors.ClosedError(self._where(), device=self.device.name)
         self.device._check_open()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.device.closed
 
     # -- mapping -----------------------------------------------------------------
     def mmap(self) -> "Region":
