@@ -10,6 +10,7 @@ import bisect
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from pyvfio import errors
+from pyvfio.core import args
 from pyvfio.core.memory import PAGE_SIZE, round_up
 
 __all__ = ["IovaAllocator"]
@@ -26,6 +27,26 @@ class IovaAllocator:
 
     def __init__(self, ranges: Iterable[Tuple[int, int]], *, alignment: int = PAGE_SIZE,
                  dma_mask_bits: Optional[int] = None, base: int = 0) -> None:
+        alignment = args.integer(alignment, "alignment", lo=1, hi=1 << 63)
+        if alignment & (alignment - 1):
+            raise errors.InvalidArgumentError(f"alignment must be a power of two, not {alignment:#x}")
+        if dma_mask_bits is not None:
+            dma_mask_bits = args.integer(dma_mask_bits, "dma_mask_bits", lo=1, hi=64)
+        base = args.integer(base, "base")
+        checked = []
+        try:
+            pairs = list(ranges)
+        except TypeError:
+            raise errors.ArgumentTypeError("ranges must be (start, last) pairs") from None
+        for pair in pairs:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise errors.ArgumentTypeError(f"a range must be a (start, last) pair, not {pair!r}")
+            start = args.integer(pair[0], "range start")
+            last = args.integer(pair[1], "range last")
+            if last < start:
+                raise errors.InvalidArgumentError(f"range ({start:#x}, {last:#x}) ends before it starts")
+            checked.append((start, last))
+        ranges = checked
         limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
         self.alignment = alignment
         self.ranges: List[Tuple[int, int]] = []
@@ -38,10 +59,14 @@ class IovaAllocator:
 
     def contains(self, iova: int, size: int) -> bool:
         """Whether [iova, iova+size) lies inside one usable range."""
+        iova = args.integer(iova, "iova")
+        size = args.integer(size, "size")
         return size > 0 and any(s <= iova and iova + size - 1 <= last for s, last in self.ranges)
 
     def check(self, iova: int, size: int, *, device: Optional[str] = None) -> None:
         """Refuse a range the IOMMU would not map, with the usable ranges in the message."""
+        iova = args.integer(iova, "iova", device=device)
+        size = args.integer(size, "size", device=device, lo=1)
         if iova % self.alignment or size % self.alignment:
             raise errors.IovaError(
                 f"IOVA {iova:#x} size {size:#x} is not aligned to the IOMMU page size "
@@ -71,6 +96,13 @@ class IovaAllocator:
 
         ``dma_mask_bits`` keeps the range below what one device can address.
         """
+        size = args.integer(size, "size", lo=1)
+        if align is not None:
+            align = args.integer(align, "align", lo=1, hi=1 << 63)
+            if align & (align - 1):
+                raise errors.InvalidArgumentError(f"align must be a power of two, not {align:#x}")
+        if dma_mask_bits is not None:
+            dma_mask_bits = args.integer(dma_mask_bits, "dma_mask_bits", lo=1, hi=64)
         align = max(align or self.alignment, self.alignment)
         limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
         size = round_up(size, self.alignment)
@@ -91,6 +123,7 @@ class IovaAllocator:
 
     def free(self, iova: int) -> None:
         """Give back the range that starts at ``iova``."""
+        iova = args.integer(iova, "iova")
         for i, (s, _) in enumerate(self._used):
             if s == iova:
                 del self._used[i]

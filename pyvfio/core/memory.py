@@ -173,9 +173,9 @@ class DmaBuffer(Handle):
 
     def _bounds(self, offset: int, size: int) -> Tuple[int, int]:
         self._check()
-        offset = args.integer(offset, "offset", device=self.name, hi=None)
-        size = args.integer(size, "size", device=self.name, hi=None)
-        if offset + size > self.size:
+        offset = args.integer(offset, "offset", device=self.name, lo=None, hi=None)
+        size = args.integer(size, "size", device=self.name, lo=None, hi=None)
+        if offset < 0 or size < 0 or offset + size > self.size:
             raise errors.OutOfBoundsError(
                 f"access of {size} bytes at {offset:#x} is outside the {self.size:#x}-byte "
                 "DMA buffer", device=self.name)

@@ -13,7 +13,7 @@ import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from pyvfio import errors
-from pyvfio.core import argsz
+from pyvfio.core import args, argsz
 from pyvfio.core import syscalls
 from pyvfio.core.handle import Handle
 from pyvfio.core.space import IoAddressSpace
@@ -96,6 +96,7 @@ class Device(Handle):
     def region(self, index: int) -> Region:
         """Region ``index`` (cached); see VFIO_PCI_*_REGION_INDEX."""
         self._check_open()
+        index = args.integer(index, "region index", device=self.name, hi=None)
         r = self._regions.get(index)
         if r is None:
             if not 0 <= index < self.info.num_regions:
@@ -107,6 +108,9 @@ class Device(Handle):
 
     def bar(self, n: int, *, mmap: bool = True) -> Region:
         """PCI BAR ``n``, mapped into the process where the kernel allows it."""
+        self._check_open()
+        n = args.integer(n, "BAR number", device=self.name, hi=None)
+        mmap = args.boolean(mmap, "mmap", device=self.name)
         if not 0 <= n <= 5:
             raise errors.OutOfBoundsError(f"BAR {n} does not exist (0-5)", device=self.name)
         r = self.region(lib.VFIO_PCI_BAR0_REGION_INDEX + n)
@@ -118,6 +122,7 @@ class Device(Handle):
     @property
     def config(self):
         """The PCI configuration space (a :class:`pyvfio.pci.config.PciConfig`)."""
+        self._check_open()
         if self._config is None:
             from pyvfio.pci.config import PciConfig
             self._config = PciConfig(self.region(lib.VFIO_PCI_CONFIG_REGION_INDEX))
@@ -127,6 +132,7 @@ class Device(Handle):
     def irq(self, index: int) -> Irq:
         """Interrupt index ``index`` (cached); see VFIO_PCI_*_IRQ_INDEX."""
         self._check_open()
+        index = args.integer(index, "IRQ index", device=self.name, hi=None)
         q = self._irqs.get(index)
         if q is None:
             if not 0 <= index < self.info.num_irqs:
@@ -150,6 +156,7 @@ class Device(Handle):
     # -- reset --------------------------------------------------------------------
     def reset(self) -> None:
         """``VFIO_DEVICE_RESET``: a function-level (or equivalent) reset."""
+        self._check_open()
         if not self.info.can_reset:
             raise errors.NotSupportedError("the device offers no reset method",
                                            device=self.name)
@@ -173,6 +180,17 @@ class Device(Handle):
         devices whose group is missing.
         """
         fd = self._check_open()
+        try:
+            groups = list(groups)
+        except TypeError:
+            raise errors.ArgumentTypeError("groups must be a sequence of open Groups",
+                                           device=self.name) from None
+        for g in groups:
+            if not hasattr(g, "number") or not hasattr(g, "fd"):
+                raise errors.ArgumentTypeError(f"groups must hold Group objects, not {g!r}",
+                                               device=self.name)
+            if g.closed:
+                raise errors.ClosedError(f"VFIO group {g.path}", device=self.name)
         owned = {g.number: g for g in groups}
         if self.group is not None:
             owned.setdefault(self.group.number, self.group)

@@ -18,7 +18,7 @@ import struct
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
-from pyvfio.core import argsz
+from pyvfio.core import args, argsz
 from pyvfio.core import syscalls
 from pyvfio.core.handle import Handle
 from pyvfio.core.uapi import ffi, lib
@@ -165,8 +165,10 @@ class Region(Handle):
         return None
 
     # -- bounds ------------------------------------------------------------------
-    def _bounds(self, off: int, size: int, op: str) -> None:
+    def _bounds(self, off: int, size: int, op: str) -> Tuple[int, int]:
         self._check()
+        off = args.integer(off, "offset", device=self.device.name, lo=None, hi=None)
+        size = args.integer(size, "size", device=self.device.name, lo=None, hi=None)
         if off < 0 or size < 0 or off + size > self.size:
             raise errors.OutOfBoundsError(
                 f"{op} of {size} bytes at {off:#x} is outside region {self.index} "
@@ -178,11 +180,12 @@ class Region(Handle):
                 device=self.device.name)
         if op == "read" and not self.readable or op == "write" and not self.writable:
             raise errors.PermissionDeniedError(f"region {self.index} is not {op}able",
-                                          device=self.device.name, remedy=None)
+                                               device=self.device.name, remedy=None)
+        return off, size
 
     # -- typed access ---------------------------------------------------------------
     def _read(self, off: int, size: int) -> int:
-        self._bounds(off, size, "read")
+        off, size = self._bounds(off, size, "read")
         a = self._area(off, size)
         if a is not None:
             return getattr(a, f"p{size * 8}")[(off - a.start) // size]
@@ -190,10 +193,9 @@ class Region(Handle):
         return struct.unpack(_FMT[size], data)[0]
 
     def _write(self, off: int, size: int, value: int) -> None:
-        self._bounds(off, size, "write")
-        if value < 0 or value >> (size * 8):
-            raise errors.InvalidArgumentError(f"{value:#x} does not fit {size * 8} bits",
-                                              device=self.device.name)
+        off, size = self._bounds(off, size, "write")
+        value = args.integer(value, f"{size * 8}-bit value", device=self.device.name,
+                             hi=(1 << (size * 8)) - 1)
         a = self._area(off, size)
         if a is not None:
             getattr(a, f"p{size * 8}")[(off - a.start) // size] = value
@@ -210,7 +212,7 @@ class Region(Handle):
     def read32(self, off: int) -> int:
         """A single 32-bit load (or a 4-byte pread) at ``off``."""
         w = self._whole
-        if w is not None and not off & 3 and 0 <= off <= self._last32:
+        if w is not None and type(off) is int and not off & 3 and 0 <= off <= self._last32:
             return w.p32[off >> 2]
         return self._read(off, 4)
 
@@ -226,11 +228,11 @@ class Region(Handle):
     def write32(self, off: int, value: int) -> None:
         """A single 32-bit store (or a 4-byte pwrite) at ``off``."""
         w = self._whole
-        if w is not None and not off & 3 and 0 <= off <= self._last32:
+        if w is not None and type(off) is int and not off & 3 and 0 <= off <= self._last32:
             try:
                 w.p32[off >> 2] = value
                 return
-            except OverflowError:
+            except (OverflowError, TypeError):
                 pass                   # reported with the device's name below
         self._write(off, 4, value)
 
@@ -240,7 +242,7 @@ class Region(Handle):
     # -- bulk access -------------------------------------------------------------------
     def read(self, off: int, size: int) -> bytes:
         """``size`` bytes at ``off`` (memcpy from a mapping, else pread)."""
-        self._bounds(off, size, "access")
+        off, size = self._bounds(off, size, "access")
         a = self._area(off, size)
         if a is not None:
             return bytes(ffi.buffer(a.base + (off - a.start), size))
@@ -248,7 +250,8 @@ class Region(Handle):
 
     def write(self, off: int, data: bytes) -> None:
         """Copy ``data`` to ``off`` (memcpy into a mapping, else pwrite)."""
-        self._bounds(off, len(data), "access")
+        data = args.data(data, "data", device=self.device.name)
+        off, _ = self._bounds(off, len(data), "access")
         a = self._area(off, len(data))
         if a is not None:
             ffi.memmove(a.base + (off - a.start), data, len(data))
