@@ -115,7 +115,7 @@ def explore(name: str, sequence: Callable[[Any], Any], *,
             env: Optional[Callable[[], ContextManager[Any]]] = None,
             snapshot: Callable[[Any], Dict[str, Any]] = resources,
             inject: str = "syscalls", err: Optional[int] = None,
-            limit: int = 2000) -> List[Run]:
+            limit: int = 2000, progress: Optional[Callable[[Run], None]] = None) -> List[Run]:
     """Run ``sequence(env_value)`` failing its k-th call for k = 1, 2, ... until it completes.
 
     ``env`` makes a fresh environment per run (e.g. a mock kernel installed
@@ -125,6 +125,7 @@ def explore(name: str, sequence: Callable[[Any], Any], *,
     run that completed (``outcome == "ok"``).  ``inject`` is ``"syscalls"``
     or ``"kernel"`` (``/proc/thread-self/fail-nth``); ``err`` the errno to
     inject (None: each call's typical errno, :data:`syscalls.TYPICAL_ERRNO`).
+    ``progress`` is called with each row as it is made.
     """
     rows: List[Run] = []
     for k in range(1, limit + 1):
@@ -154,9 +155,13 @@ def explore(name: str, sequence: Callable[[Any], Any], *,
             leaks = _diff(before, snapshot(value))
         if op is None and raised is None:
             rows.append(Run(name, k, None, None, "ok", None, leaks))
+            if progress:
+                progress(rows[-1])
             return rows
         outcome = type(raised).__name__ if raised is not None else "absorbed"
         rows.append(Run(name, k, op, got, outcome, raised, leaks))
+        if progress:
+            progress(rows[-1])
         if op is None:          # raised without our failure: a bug in the sequence itself
             return rows
     rows.append(Run(name, limit + 1, None, None, f"gave up after {limit} runs"))

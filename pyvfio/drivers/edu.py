@@ -43,6 +43,8 @@ class Edu:
         self.device = device
         self.timeout = timeout
         self.bar = device.bar(0)
+        if getattr(device, "dma_mask_bits", None) is None:
+            device.dma_mask_bits = DMA_MASK_BITS              # edu addresses 28 bits
         device.config.enable(bus_master=True, memory=True)   # DMA and MSI are bus-master writes
 
     # -- registers ---------------------------------------------------------------

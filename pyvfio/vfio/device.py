@@ -16,6 +16,7 @@ from pyvfio import errors
 from pyvfio.core import args, argsz
 from pyvfio.core import syscalls
 from pyvfio.core.handle import Handle
+from pyvfio.core.memory import DmaBuffer
 from pyvfio.core.space import IoAddressSpace
 from pyvfio.vfio.irq import Irq
 from pyvfio.vfio.region import Region
@@ -65,6 +66,9 @@ class Device(Handle):
         self.dma = dma
         self.group = group
         self.dev_id: Optional[int] = None
+        #: Address bits the device can drive (its DMA mask): IOVAs chosen by
+        #: :meth:`bus_address` stay below 2**dma_mask_bits.  Drivers set it.
+        self.dma_mask_bits: Optional[int] = None
         self._owned = list(owned)
         for obj in self._owned:
             obj._owner = self
@@ -206,6 +210,32 @@ class Device(Handle):
         for i, gfd in enumerate(fds):
             p.ptr.group_fds[i] = gfd
         syscalls.ioctl(fd, lib.VFIO_DEVICE_PCI_HOT_RESET, p.ptr, device=self.name)
+
+    # -- DMA ------------------------------------------------------------------------
+    def bus_address(self, buffer: DmaBuffer, offset: int = 0) -> int:
+        """The address at which this device reaches ``buffer[offset]`` by DMA, in any mode.
+
+        With an IOMMU it is an IOVA: the buffer is mapped in :attr:`dma` on
+        first use (below :attr:`dma_mask_bits`) and stays mapped until it or
+        the device is closed.  Without one (no-IOMMU mode) it is the physical
+        address (the page is locked; see :meth:`DmaBuffer.physical_address`).
+        """
+        self._check_open()
+        if not isinstance(buffer, DmaBuffer):
+            raise errors.ArgumentTypeError(
+                f"buffer must be a DmaBuffer, not {type(buffer).__name__}", device=self.name)
+        buffer._check()
+        offset = args.integer(offset, "offset", device=self.name, lo=None, hi=None)
+        if not 0 <= offset < buffer.size:
+            raise errors.OutOfBoundsError(
+                f"offset {offset:#x} is outside the {buffer.size:#x}-byte DMA buffer",
+                device=self.name)
+        if self.dma is None:
+            return buffer.physical_address(offset)
+        try:
+            return self.dma.iova_of(buffer, offset)
+        except errors.IovaError:                    # not mapped here yet
+            return self.dma.map(buffer, dma_mask_bits=self.dma_mask_bits).iova + offset
 
     # -- features -------------------------------------------------------------------
     @property

@@ -32,27 +32,18 @@ pytestmark = pytest.mark.device
 REPORT: List[faults.Run] = []
 
 
-def _bus_address(dev: Any, buf: DmaBuffer, offset: int = 0) -> int:
-    bus_address = getattr(dev, "bus_address", None)
-    if bus_address is not None:
-        return int(bus_address(buf, offset))
-    if dev.dma is None:
-        return buf.physical_address(offset)
-    return dev.dma.map(buf, dma_mask_bits=28).iova + offset
-
-
-def vfio_open_map_irq(env: Any) -> None:
+def vfio_open_map_irq(env: Any, timeout: float = 5.0) -> None:
     """Open the device, map its BAR, map a buffer for DMA, DMA, enable MSI, take one."""
     from pyvfio.drivers.edu import Edu
     with env.open() as dev:
-        edu = Edu(dev, timeout=5.0)
+        edu = Edu(dev, timeout=timeout)
         with DmaBuffer(4096) as buf:
             buf.write(0, b"fail-nth")
-            edu.to_device(_bus_address(dev, buf), 8)
+            edu.to_device(dev.bus_address(buf), 8)
             msi = dev.msi
             msi.enable()
             edu.raise_irq(0x1)
-            assert msi.wait(timeout=5) == 1
+            assert msi.wait(timeout=timeout) == 1
             edu.ack_irq(0x1)
 
 
@@ -114,8 +105,13 @@ def _kernel_fail_nth_ready(lab_target) -> None:
 def test_kernel_fail_nth_vfio(lab_target, vfio_edu):
     """The kernel fails its k-th allocation inside our calls; every k until the sequence completes."""
     _kernel_fail_nth_ready(lab_target)
-    rows = faults.explore(f"vfio open+map+irq [{vfio_edu.path}] fail-nth", vfio_open_map_irq,
-                          env=_env(vfio_edu), snapshot=_snapshot, inject="kernel")
+    import functools
+    import sys
+    rows = faults.explore(f"vfio open+map+irq [{vfio_edu.path}] fail-nth",
+                          functools.partial(vfio_open_map_irq, timeout=2.0),
+                          env=_env(vfio_edu), snapshot=_snapshot, inject="kernel",
+                          progress=lambda r: print(faults.format_table([r]).splitlines()[1],
+                                                   file=sys.stderr, flush=True))
     REPORT.extend(rows)
     print("\n" + faults.format_table(rows))
     assert rows[-1].outcome == "ok", rows[-1]

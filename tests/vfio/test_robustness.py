@@ -246,3 +246,29 @@ def test_unclosed_objects_are_released_with_a_resource_warning(vfio_edu):
     texts = sorted(str(w.message).split(" ")[1] for w in caught
                    if issubclass(w.category, ResourceWarning))
     assert texts == ["<Device", "<DmaBuffer"]
+
+
+def test_bus_address_in_every_mode(dev, vfio_edu):
+    """One call gives where the device sees a buffer: IOVA (mapped on demand) or physical."""
+    from pyvfio.drivers.edu import Edu
+    edu = Edu(dev)
+    with DmaBuffer(8192) as buf:
+        buf.write(0, b"bus address!")
+        addr = dev.bus_address(buf, 0)
+        assert dev.bus_address(buf, 4096) == addr + 4096 if dev.dma is not None else True
+        if dev.dma is None:
+            assert addr == buf.physical_address(0)
+        else:
+            assert len(dev.dma.mappings) == 1                  # mapped once, on demand
+            assert dev.dma.mappings[0].iova == addr < (1 << 28)
+        edu.to_device(addr, 12)
+        edu.from_device(dev.bus_address(buf, 100), 12)
+        assert buf.read(100, 12) == b"bus address!"
+        for bad, cls in ((8192, errors.OutOfBoundsError), (-1, errors.OutOfBoundsError),
+                         (1.0, errors.ArgumentTypeError)):
+            with pytest.raises(cls):
+                dev.bus_address(buf, bad)                      # type: ignore[arg-type]
+    if dev.dma is not None:
+        assert dev.dma.mappings == []                          # closing the buffer unmapped it
+    with pytest.raises(errors.ArgumentTypeError):
+        dev.bus_address(b"x")                                  # type: ignore[arg-type]
