@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.mock.type1 import dma_avail_cap, iova_range_cap
+from pyvfio.mock.pin import Pin
 from pyvfio.mock._util import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_args,
                     copy_from_user, copy_to_user, fail, field_end, user_range_ok, write_user)
 
@@ -69,6 +70,8 @@ class Pages:
         self.writable = writable
         self.account = ctx.account_mode
         self.pins: Dict[int, int] = {}      # page index → number of domain-filled areas using it
+        # the pages as they are now: DMA keeps reaching them if the process unmaps them
+        self.pin_alias = Pin(self.base, self.npages << PAGE_SHIFT)
 
     def pin(self, first: int, last: int) -> None:
         """Pin pages [first, last] for one more filled area; ENOMEM/EFAULT leave nothing pinned."""
@@ -262,7 +265,7 @@ class Ioas(_Object):
             return Translation(None, run, "DMA write to a mapping without write permission")
         if not write and not area.prot & PROT_READ:
             return Translation(None, run, "DMA read from a mapping without read permission")
-        return Translation(area.uva + (iova - area.iova), run)
+        return Translation(area.pages.pin_alias.address(area.uva + (iova - area.iova)), run)
 
 
 class HwPagetable(_Object):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -924,6 +925,10 @@ class MockKernel:
         self._real.munmap(mapping)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
+        offset = operator.index(offset)
+        size = operator.index(size)     # as os.read: a float or NaN size is a TypeError
+        if size < 0:
+            raise fail(errno.EINVAL)
         with self._lock:
             self._service()
             f = self._files.get(fd)
@@ -934,6 +939,7 @@ class MockKernel:
             return f.rw(offset, size, None)
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        offset = operator.index(offset)
         with self._lock:
             self._service()
             f = self._files.get(fd)
@@ -946,6 +952,9 @@ class MockKernel:
             return ret
 
     def read(self, fd: int, size: int) -> bytes:
+        size = operator.index(size)     # as os.read: a float or NaN size is a TypeError
+        if size < 0:
+            raise fail(errno.EINVAL)
         with self._lock:
             self._service()
             f = self._files.get(fd)

@@ -111,6 +111,7 @@ def test_kernel_fail_nth_vfio(lab_target, vfio_edu):
                           functools.partial(vfio_open_map_irq, timeout=2.0),
                           env=_env(vfio_edu), snapshot=_snapshot, inject="kernel",
                           progress=lambda r: print(faults.format_table([r]).splitlines()[1],
+                                                   repr(r.raised)[:300] if r.raised else "",
                                                    file=sys.stderr, flush=True))
     REPORT.extend(rows)
     print("\n" + faults.format_table(rows))

@@ -272,3 +272,45 @@ def test_bus_address_in_every_mode(dev, vfio_edu):
         assert dev.dma.mappings == []                          # closing the buffer unmapped it
     with pytest.raises(errors.ArgumentTypeError):
         dev.bus_address(b"x")                                  # type: ignore[arg-type]
+
+
+def test_mock_dma_reaches_pinned_pages_after_the_memory_is_freed(vfio_edu):
+    """The kernel pins mapped pages: freeing and re-mapping the address must not redirect DMA."""
+    if vfio_edu.target.kind == "real":
+        pytest.skip("checks the mock's pinning model (the real kernel is what it imitates)")
+    if vfio_edu.path == "noiommu":
+        pytest.skip("no IOMMU mapping without an IOMMU")
+    import mmap
+    from pyvfio.drivers.edu import Edu
+    with vfio_edu.open() as d:
+        edu = Edu(d)
+        mem = mmap.mmap(-1, 4096, flags=mmap.MAP_SHARED)
+        from pyvfio.core.uapi import ffi
+        ptr = ffi.from_buffer(mem)
+        vaddr = int(ffi.cast("uintptr_t", ptr))
+        mem[:8] = b"pinned!!"
+        m = d.dma.map(vaddr=vaddr, size=4096, dma_mask_bits=28)
+        ffi.release(ptr)
+        mem.close()                                    # the process frees the memory
+        later = mmap.mmap(-1, 4096, flags=mmap.MAP_SHARED)   # may land at the same address
+        later[:8] = b"stranger"
+        edu.to_device(m.iova, 8)                       # the device reads the pinned pages
+        edu.from_device(m.iova + 64, 8)                # and writes them, not the new mapping
+        assert later[:8] == b"stranger" and later[64:72] == bytes(8)
+        edu.to_device(m.iova + 64, 8)                  # what it wrote is in the pinned pages
+        with DmaBuffer(4096) as out:
+            edu.from_device(d.bus_address(out), 8)
+            assert out.read(0, 8) == b"pinned!!"
+        d.dma.unmap(m)
+        later.close()
+
+
+def test_mock_edu_huge_factorial_does_not_block(vfio_edu):
+    from pyvfio.drivers.edu import Edu
+    import time
+    with vfio_edu.open() as d:
+        edu = Edu(d)
+        t = time.monotonic()
+        assert edu.factorial(0xFFFFFFFF) == 0          # n! mod 2**32 for n >= 34
+        assert edu.factorial(33) == 2147483648
+        assert time.monotonic() - t < 5
