@@ -241,7 +241,8 @@ class KernelFailNth:
                 "the kernel has no fail-nth", path=path, errno=exc.errno,
                 remedy="boot a kernel with CONFIG_FAULT_INJECTION") from None
 
-    def close(self) -> None:
+    def disarm(self) -> None:
+        """Stop injecting and close fail-nth (not ``close``: that is the backend's close(2))."""
         os.write(self._fd, b"0")
         os.close(self._fd)
 
@@ -274,4 +275,4 @@ def kernel_fail_nth(k: int) -> Iterator[KernelFailNth]:
         with syscalls.use(inj):
             yield inj
     finally:
-        inj.close()
+        inj.disarm()
