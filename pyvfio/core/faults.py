@@ -115,7 +115,8 @@ def explore(name: str, sequence: Callable[[Any], Any], *,
             env: Optional[Callable[[], ContextManager[Any]]] = None,
             snapshot: Callable[[Any], Dict[str, Any]] = resources,
             inject: str = "syscalls", err: Optional[int] = None,
-            limit: int = 2000, progress: Optional[Callable[[Run], None]] = None) -> List[Run]:
+            limit: int = 2000, progress: Optional[Callable[[Run], None]] = None,
+            start: int = 1) -> List[Run]:
     """Run ``sequence(env_value)`` failing its k-th call for k = 1, 2, ... until it completes.
 
     ``env`` makes a fresh environment per run (e.g. a mock kernel installed
@@ -125,10 +126,11 @@ def explore(name: str, sequence: Callable[[Any], Any], *,
     run that completed (``outcome == "ok"``).  ``inject`` is ``"syscalls"``
     or ``"kernel"`` (``/proc/thread-self/fail-nth``); ``err`` the errno to
     inject (None: each call's typical errno, :data:`syscalls.TYPICAL_ERRNO`).
-    ``progress`` is called with each row as it is made.
+    ``progress`` is called with each row as it is made; ``start`` skips the
+    first k (to resume an exploration).
     """
     rows: List[Run] = []
-    for k in range(1, limit + 1):
+    for k in range(start, limit + 1):
         with (env() if env is not None else contextlib.nullcontext()) as value:
             before = snapshot(value)
             raised: Optional[BaseException] = None

@@ -167,7 +167,8 @@ class IoAddressSpace(Handle):
     def unmap(self, mapping: Union[DmaMapping, int]) -> None:
         """Remove a mapping (given as the mapping or its IOVA)."""
         self._check_open()
-        iova = mapping.iova if isinstance(mapping, DmaMapping) else mapping
+        iova = mapping.iova if isinstance(mapping, DmaMapping) else \
+            args.integer(mapping, "mapping (a DmaMapping or its IOVA)", device=self.name)
         m = self._mappings.get(iova)
         if m is None:
             raise errors.IovaError(f"no mapping at IOVA {iova:#x}", device=self.name)

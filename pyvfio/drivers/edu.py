@@ -22,6 +22,8 @@ import time
 from typing import Any, Tuple
 
 from pyvfio import errors
+from pyvfio.core import args
+from pyvfio.core.eventfd import check_timeout
 
 __all__ = ["Edu"]
 
@@ -41,7 +43,11 @@ class Edu:
 
     def __init__(self, device: Any, *, timeout: float = 10.0) -> None:
         self.device = device
-        self.timeout = timeout
+        t = check_timeout(timeout, device=getattr(device, "name", None))
+        if t is None:
+            raise errors.InvalidArgumentError("edu needs a finite timeout for its polls",
+                                              device=getattr(device, "name", None))
+        self.timeout = t
         self.bar = device.bar(0)
         if getattr(device, "dma_mask_bits", None) is None:
             device.dma_mask_bits = DMA_MASK_BITS              # edu addresses 28 bits
@@ -64,6 +70,8 @@ class Edu:
 
     def factorial(self, n: int, *, irq: bool = False) -> int:
         """Let the device compute ``n!`` (mod 2**32)."""
+        n = args.integer(n, "n", device=self.device.name, hi=args.U32)
+        irq = args.boolean(irq, "irq", device=self.device.name)
         self.bar.write32(STATUS, STATUS_IRQ_ON_FACTORIAL if irq else 0)
         self.bar.write32(FACTORIAL, n)
         self._poll(STATUS, STATUS_BUSY, "factorial")
@@ -93,6 +101,12 @@ class Edu:
     # -- DMA -----------------------------------------------------------------------------
     def dma(self, src: int, dst: int, count: int, *, to_ram: bool, irq: bool = False) -> None:
         """Run one DMA transfer and wait until the device reports it done."""
+        name = self.device.name
+        src = args.integer(src, "src", device=name)
+        dst = args.integer(dst, "dst", device=name)
+        count = args.integer(count, "count", device=name, lo=None, hi=None)
+        to_ram = args.boolean(to_ram, "to_ram", device=name)
+        irq = args.boolean(irq, "irq", device=name)
         if not 0 < count <= DMA_BUFFER_SIZE:
             raise errors.InvalidArgumentError(
                 f"edu DMA count must be 1..{DMA_BUFFER_SIZE}, not {count}", device=self.device.name)
@@ -104,8 +118,10 @@ class Edu:
 
     def to_device(self, addr: int, count: int, offset: int = 0, *, irq: bool = False) -> None:
         """Copy ``count`` bytes from bus address ``addr`` into the device buffer at ``offset``."""
+        offset = args.integer(offset, "offset", device=self.device.name, hi=DMA_BUFFER_SIZE - 1)
         self.dma(addr, DMA_BUFFER + offset, count, to_ram=False, irq=irq)
 
     def from_device(self, addr: int, count: int, offset: int = 0, *, irq: bool = False) -> None:
         """Copy ``count`` bytes from the device buffer at ``offset`` to bus address ``addr``."""
+        offset = args.integer(offset, "offset", device=self.device.name, hi=DMA_BUFFER_SIZE - 1)
         self.dma(DMA_BUFFER + offset, addr, count, to_ram=True, irq=irq)
