@@ -357,7 +357,7 @@ def ioctl_families(dev: Any, baselines: bool) -> List[Family]:
 
 def bar_mapping(bar: Any) -> mmap.mmap:
     """The mmap object behind pyvfio's mapping of a whole BAR (the same mapping for both)."""
-    whole = getattr(bar, "_whole", None)
+    whole = getattr(bar, "_mmio_whole", None)
     mapping = getattr(whole, "mapping", None)
     if not isinstance(mapping, mmap.mmap):
         raise RuntimeError("the BAR is not mapped whole by pyvfio; cannot share its mapping")

@@ -16,7 +16,8 @@ __all__ = [
     "PyvfioError", "NotFoundError", "PermissionDeniedError", "NotSupportedError",
     "BusyError", "MemlockError", "InvalidArgumentError", "ClosedError",
     "OutOfBoundsError", "NotViableError", "IovaError", "ModuleMissingError",
-    "NotBoundError", "TimedOutError", "ArgumentTypeError", "from_errno",
+    "NotBoundError", "TimedOutError", "ExistsError", "RegisterIdError", "ArgumentTypeError",
+    "from_errno",
 ]
 
 
@@ -147,12 +148,24 @@ class IovaError(PyvfioError, ValueError):
     """An IOVA outside the IOMMU's usable ranges, or an overlapping mapping."""
 
 
+class ExistsError(PyvfioError, FileExistsError):
+    """EEXIST: the kernel already has it (an overlapping DMA mapping, a device ID, an mdev)."""
+    default_remedy = ("it already exists: for a DMA mapping, unmap the mapping that overlaps "
+                      "the range or let pyvfio choose the IOVA (iova=None); for an ID or node, "
+                      "remove the existing one first")
+
+
 class ModuleMissingError(NotFoundError):
     """A kernel module the operation needs is not loaded and could not be loaded."""
 
 
 class NotBoundError(PyvfioError):
     """The device is not bound to the driver the operation needs."""
+
+
+class RegisterIdError(InvalidArgumentError):
+    """A KVM ONE_REG register id or name that does not fit: unknown name, wrong size."""
+    default_remedy = "build register ids with pyvfio.kvm.regs and size values by the id"
 
 
 class TimedOutError(PyvfioError, TimeoutError):
@@ -169,6 +182,7 @@ _BY_ERRNO = {
     _errno.ENOTTY: NotSupportedError, _errno.EOPNOTSUPP: NotSupportedError,
     _errno.ENOSYS: NotSupportedError,
     _errno.EBUSY: BusyError,
+    _errno.EEXIST: ExistsError,
     _errno.EINVAL: InvalidArgumentError,
     _errno.EBADF: PyvfioError,
     _errno.ETIMEDOUT: TimedOutError,

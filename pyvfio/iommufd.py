@@ -138,9 +138,10 @@ class Ioas(IoAddressSpace):
                       length=size, iova=iova)
         syscalls.ioctl(self.fd, lib.IOMMU_IOAS_MAP, p, dma=True)
 
-    def _unmap(self, iova: int, size: int) -> None:
+    def _unmap(self, iova: int, size: int) -> int:
         p = argsz.new("struct iommu_ioas_unmap", ioas_id=self.id, iova=iova, length=size)
         syscalls.ioctl(self.fd, lib.IOMMU_IOAS_UNMAP, p)
+        return int(p.length)            # the kernel writes back the bytes it unmapped
 
     def _unmap_everything(self) -> None:
         self._unmap(0, _U64_MAX)

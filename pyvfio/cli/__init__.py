@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the exit status."""
+    from pyvfio.cli.lab import normalize_argv
+    argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     if args.sysfs or args.dev:
         from pyvfio.core.sysfs import host, use_host

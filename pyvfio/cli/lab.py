@@ -19,10 +19,34 @@ from typing import TYPE_CHECKING, Callable, List, Tuple
 if TYPE_CHECKING:
     from pyvfio.lab.runner import LabOptions
 
-__all__ = ["register", "add_commands", "LAB_FAILED"]
+__all__ = ["register", "add_commands", "normalize_argv", "LAB_FAILED"]
 
 #: Exit status when the lab could not run the command.
 LAB_FAILED = 125
+
+
+#: Options whose value may start with "-" (``--qemu-arg -device``).
+_DASH_VALUE_OPTIONS = ("--qemu-arg",)
+
+
+def normalize_argv(argv: List[str]) -> List[str]:
+    """Join ``--qemu-arg VALUE`` into ``--qemu-arg=VALUE`` before the ``--`` of the command.
+
+    argparse would take a value starting with ``-`` (``-device``) for an option.
+    """
+    out: List[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return out + argv[i:]
+        if word in _DASH_VALUE_OPTIONS and i + 1 < len(argv):
+            out.append(f"{word}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,8 +62,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="lab_command", metavar="SUBCOMMAND", required=True)
 
     run = sub.add_parser("run", help="boot a guest and run COMMAND in it as root",
-                         description="Boot a guest, run COMMAND (joined with spaces, run "
-                                     "by sh) as root in it and exit with its status.")
+                         description="Boot a guest, run COMMAND as root in it and exit with "
+                                     "its status.  Several words run as that argv (quoted); "
+                                     "a single word is a shell line: -- 'lspci; dmesg | tail'.")
     _guest_options(run)
     run.add_argument("--timing", action="store_true",
                      help="print the boot-to-command and total times")
@@ -65,10 +90,11 @@ def _guest_options(parser: argparse.ArgumentParser) -> None:
                              "(IOMMUFD, VFIO cdev/no-IOMMU, vdpa_sim, mtty; default: stock)")
     parser.add_argument("--iommu", choices=("on", "off"), default="on",
                         help="emulated Intel IOMMU (default: on)")
-    parser.add_argument("--device", action="append", choices=(*DEVICE_KINDS, "none"),
-                        dest="devices", metavar="KIND",
+    parser.add_argument("--device", action="append", dest="devices",
+                        metavar="KIND[,PROP=VALUE...]",
                         help=f"emulated PCI device, repeatable: {', '.join(DEVICE_KINDS)} "
-                             "or none (default: two edu)")
+                             "or none (default: two edu), with QEMU properties after commas, "
+                             "e.g. nvme,serial=x,msix_qsize=3")
     parser.add_argument("--mem", type=int, default=2048, metavar="MB",
                         help="guest memory (default: 2048)")
     parser.add_argument("--cpus", type=int, default=1, help="guest CPUs (default: 1)")
@@ -86,7 +112,12 @@ def _guest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append", action="append", default=[], metavar="WORD",
                         help="add a word to the guest kernel's command line")
     parser.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
-                        help="add an argument to the QEMU command line")
+                        help="add an argument to the QEMU command line (values may start "
+                             "with '-': --qemu-arg -device --qemu-arg virtio-rng-pci)")
+    parser.add_argument("--cpu", metavar="MODEL",
+                        help="the guest's CPU model instead of the default (e.g. qemu64,+svm: "
+                             "an AMD CPU with SVM, which gives the guest /dev/kvm, nested "
+                             "under TCG)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the run directory (console.log, dmesg, qemu.cmd)")
 
@@ -97,7 +128,13 @@ def _options(args: argparse.Namespace, devices: Tuple[str, ...]) -> LabOptions:
                       mem_mb=args.mem, cpus=args.cpus, accel=args.accel, timeout=args.timeout,
                       boot_timeout=args.boot_timeout, rw_dirs=tuple(args.rw),
                       env=tuple(args.env), append=tuple(args.append),
-                      qemu_args=tuple(args.qemu_arg), keep=args.keep)
+                      qemu_args=tuple(args.qemu_arg) + _cpu_args(args), keep=args.keep)
+
+
+def _cpu_args(args: argparse.Namespace) -> Tuple[str, ...]:
+    # QEMU takes the last -cpu it is given, so this overrides the machine's default model
+    cpu = getattr(args, "cpu", None)
+    return ("-cpu", cpu) if cpu else ()
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -126,7 +163,15 @@ def _run(args: argparse.Namespace) -> int:
         print("pyvfio lab run: no COMMAND given (usage: pyvfio lab run [options] -- COMMAND...)",
               file=sys.stderr)
         return 2
+    from pyvfio.lab.errors import LabError
+    from pyvfio.lab.machine import parse_device
     devices = tuple(d for d in (args.devices or ["edu", "edu"]) if d != "none")
+    for spec in devices:
+        try:
+            parse_device(spec)
+        except LabError as exc:
+            print(f"pyvfio lab run: {exc}", file=sys.stderr)
+            return 2
     result = run(command, _options(args, devices))
     if args.timing:
         boot = f"{result.boot_seconds:.1f} s" if result.boot_seconds is not None else "?"

@@ -11,7 +11,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 from pyvfio import errors
 from pyvfio.core import args
-from pyvfio.core.memory import PAGE_SIZE, round_up
+from pyvfio.core.memory import HUGE_1G, HUGE_2M, PAGE_SIZE, round_up
 
 __all__ = ["IovaAllocator"]
 
@@ -65,12 +65,18 @@ class IovaAllocator:
 
     def check(self, iova: int, size: int, *, device: Optional[str] = None) -> None:
         """Refuse a range the IOMMU would not map, with the usable ranges in the message."""
-        iova = args.integer(iova, "iova", device=device)
-        size = args.integer(size, "size", device=device, lo=1)
+        iova = args.integer(iova, "iova", device=device, lo=None, hi=None)
+        size = args.integer(size, "size", device=device, lo=None, hi=None)
+        if iova < 0 or size <= 0 or iova + size > 1 << 64:
+            raise errors.IovaError(
+                f"{size:#x} bytes at IOVA {iova:#x} do not fit the 64-bit IOVA space "
+                f"(the last IOVA is {(1 << 64) - 1:#x})", device=device,
+                remedy="use a smaller size or a lower IOVA, or let pyvfio choose (iova=None)")
         if iova % self.alignment or size % self.alignment:
             raise errors.IovaError(
                 f"IOVA {iova:#x} size {size:#x} is not aligned to the IOMMU page size "
-                f"{self.alignment:#x}", device=device)
+                f"{self.alignment:#x}", device=device,
+                remedy=f"use an IOVA and a size that are multiples of {self.alignment:#x}")
         if not self.contains(iova, size):
             usable = ", ".join(f"[{s:#x}-{e:#x}]" for s, e in self.ranges) or "none"
             raise errors.IovaError(
@@ -84,28 +90,57 @@ class IovaAllocator:
         i = bisect.bisect_left(self._used, (iova, 0))
         before = self._used[i - 1] if i else None
         after = self._used[i] if i < len(self._used) else None
-        if (before and before[1] > iova) or (after and after[0] < iova + size):
-            raise errors.IovaError(f"IOVA range {iova:#x}+{size:#x} overlaps an existing mapping",
-                                   device=device)
+        for other in (before, after):
+            if other and other[0] < iova + size and iova < other[1]:
+                raise errors.IovaError(
+                    f"IOVA range [{iova:#x}-{iova + size - 1:#x}] overlaps the mapping "
+                    f"[{other[0]:#x}-{other[1] - 1:#x}]", device=device,
+                    remedy="unmap that mapping first, or let pyvfio choose the IOVA (iova=None)")
         self._used.insert(i, (iova, iova + size))
         return iova
 
-    def alloc(self, size: int, *, align: Optional[int] = None,
+    @staticmethod
+    def large_page_for(size: int) -> int:
+        """The largest IOMMU large page (1 GiB, 2 MiB) that fits ``size``, else 1."""
+        for page in (HUGE_1G, HUGE_2M):
+            if size >= page:
+                return page
+        return 1
+
+    def alloc(self, size: int, *, align: Optional[int] = None, page_size: Optional[int] = None,
               dma_mask_bits: Optional[int] = None) -> int:
         """Find and claim ``size`` bytes of free IOVA space; returns its start.
 
-        ``dma_mask_bits`` keeps the range below what one device can address.
+        The IOVA is a multiple of the IOMMU page size, of ``align`` and of the
+        buffer's ``page_size`` (2 MiB or 1 GiB for hugetlb), so that the IOMMU
+        can map the buffer with pages of that size.  Where the space allows,
+        it is also aligned to the largest IOMMU page (2 MiB, 1 GiB) that the
+        mapping's size holds, which lets the IOMMU use large pages for memory
+        that is physically contiguous (transparent huge pages).  ``dma_mask_bits`` keeps the range below what
+        one device can address.
         """
         size = args.integer(size, "size", lo=1)
         if align is not None:
             align = args.integer(align, "align", lo=1, hi=1 << 63)
             if align & (align - 1):
                 raise errors.InvalidArgumentError(f"align must be a power of two, not {align:#x}")
+        if page_size is not None:
+            page_size = args.integer(page_size, "page_size", lo=1, hi=1 << 63)
         if dma_mask_bits is not None:
             dma_mask_bits = args.integer(dma_mask_bits, "dma_mask_bits", lo=1, hi=64)
-        align = max(align or self.alignment, self.alignment)
-        limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
+        need = max(align or 1, page_size or 1, self.alignment)
         size = round_up(size, self.alignment)
+        prefer = max(self.large_page_for(size), need)
+        for a in ((prefer, need) if prefer != need else (need,)):
+            iova = self._first_fit(size, a, dma_mask_bits)
+            if iova is not None:
+                bisect.insort(self._used, (iova, iova + size))
+                return iova
+        raise errors.IovaError(f"no free IOVA space for {size:#x} bytes aligned to {need:#x}",
+                               remedy="unmap buffers no longer used")
+
+    def _first_fit(self, size: int, align: int, dma_mask_bits: Optional[int]) -> Optional[int]:
+        limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
         for start, last in self.ranges:
             last = min(last, limit)
             cand = round_up(start, align)
@@ -116,10 +151,8 @@ class IovaAllocator:
                     break
                 cand = round_up(uend, align)
             if cand + size - 1 <= last:
-                bisect.insort(self._used, (cand, cand + size))
                 return cand
-        raise errors.IovaError(f"no free IOVA space for {size:#x} bytes",
-                               remedy="unmap buffers no longer used")
+        return None
 
     def free(self, iova: int) -> None:
         """Give back the range that starts at ``iova``."""

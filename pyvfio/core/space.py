@@ -52,7 +52,8 @@ class IoAddressSpace(Handle):
     def _map(self, vaddr: int, iova: int, size: int, readable: bool, writable: bool) -> None:
         raise NotImplementedError
 
-    def _unmap(self, iova: int, size: int) -> None:
+    def _unmap(self, iova: int, size: int) -> Optional[int]:
+        """Remove [iova, iova+size); return the bytes the kernel says it unmapped."""
         raise NotImplementedError
 
     def _unmap_everything(self) -> None:
@@ -146,7 +147,8 @@ class IoAddressSpace(Handle):
                 device=name)
         alloc = self.allocator
         if iova is None:
-            iova = alloc.alloc(size, dma_mask_bits=dma_mask_bits)
+            iova = alloc.alloc(size, page_size=buffer.page_size if buffer is not None else None,
+                               dma_mask_bits=dma_mask_bits)
         else:
             alloc.reserve(iova, size, device=self.name)
         try:
@@ -164,16 +166,29 @@ class IoAddressSpace(Handle):
             self._per_buffer[id(m.buffer)] = self._per_buffer.get(id(m.buffer), 0) + 1
         return m
 
-    def unmap(self, mapping: Union[DmaMapping, int]) -> None:
-        """Remove a mapping (given as the mapping or its IOVA)."""
+    def unmap(self, mapping: Union[DmaMapping, int]) -> int:
+        """Remove a mapping (given as the mapping or its IOVA); returns the bytes unmapped.
+
+        The count is the kernel's (``VFIO_IOMMU_UNMAP_DMA``'s ``size``,
+        ``IOMMU_IOAS_UNMAP``'s ``length`` on return).
+        """
         self._check_open()
         iova = mapping.iova if isinstance(mapping, DmaMapping) else \
             args.integer(mapping, "mapping (a DmaMapping or its IOVA)", device=self.name)
         m = self._mappings.get(iova)
         if m is None:
-            raise errors.IovaError(f"no mapping at IOVA {iova:#x}", device=self.name)
-        self._unmap(m.iova, m.size)
+            inside = [o for o in self._mappings.values() if o.iova < iova < o.iova + o.size]
+            if inside:
+                o = inside[0]
+                raise errors.IovaError(
+                    f"IOVA {iova:#x} lies inside the mapping at {o.iova:#x} "
+                    f"({o.size:#x} bytes)", device=self.name,
+                    remedy=f"unmap the whole mapping at IOVA {o.iova:#x}")
+            raise errors.IovaError(f"no mapping at IOVA {iova:#x}", device=self.name,
+                                   remedy="pass the IOVA that map() returned")
+        done = self._unmap(m.iova, m.size)
         self._forget(m)
+        return m.size if done is None else done
 
     def _forget(self, m: DmaMapping) -> None:
         del self._mappings[m.iova]

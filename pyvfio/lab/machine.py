@@ -34,13 +34,15 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
 from pyvfio.lab._host import info, interruptible, signals_blocked
 from pyvfio.lab.errors import BootError, BootTimeoutError, CommandTimeoutError, LabError, QemuNotFoundError
 
-__all__ = ["DEVICE_KINDS", "MachineConfig", "RunResult", "find_qemu", "qemu_device_models",
-           "device_args", "kernel_cmdline", "qemu_command", "run_guest"]
+__all__ = ["DEVICE_KINDS", "LAB_PROPERTIES", "MachineConfig", "RunResult", "find_qemu",
+           "qemu_device_models", "qemu_device_properties", "parse_device", "device_args", "kernel_cmdline", "qemu_command", "run_guest"]
 
 #: Emulated PCI devices the lab knows (``igb`` only with a QEMU that has it).
 DEVICE_KINDS = ("edu", "nvme", "e1000e", "igb")
 #: First PCI slot given to the devices under test: they appear at 0000:00:10.0, 00:11.0, ...
 FIRST_SLOT = 0x10
+#: Device properties the lab sets itself (slots, buses, back ends): not for ``--device``.
+LAB_PROPERTIES = ("addr", "bus", "id", "netdev", "drive", "chassis")
 NVME_IMAGE_BYTES = 64 << 20
 _CONSOLE_TAIL_LINES = 40
 _RUN_PREFIX = "pyvfio-lab-"
@@ -99,9 +101,51 @@ def qemu_device_models(qemu: str) -> FrozenSet[str]:
     return frozenset(re.findall(r'^name "([^"]+)"', out, re.M))
 
 
+@functools.lru_cache(maxsize=None)
+def qemu_device_properties(qemu: str, kind: str) -> FrozenSet[str]:
+    """Names of the properties ``qemu -device KIND,help`` lists for a device model."""
+    out = subprocess.run([qemu, "-nodefaults", "-machine", "none", "-device", f"{kind},help"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True).stdout
+    return frozenset(re.findall(r"^\s+([A-Za-z][\w.-]*)=<", out, re.M))
+
+
+def parse_device(spec: str) -> "tuple[str, Dict[str, str]]":
+    """``"nvme,serial=x,msix_qsize=3"`` -> ``("nvme", {"serial": "x", "msix_qsize": "3"})``.
+
+    The kind must be one of :data:`DEVICE_KINDS`; each property is
+    ``NAME=VALUE``; the properties of :data:`LAB_PROPERTIES` are the lab's.
+    """
+    kind, *words = spec.split(",")
+    if kind not in DEVICE_KINDS:
+        raise LabError(f"unknown device {kind!r} in --device {spec!r} "
+                       f"(known: {', '.join(DEVICE_KINDS)})",
+                       remedy="use one of the known kinds, with properties after commas: "
+                              "--device nvme,serial=x,msix_qsize=3")
+    props: Dict[str, str] = {}
+    for word in words:
+        name, sep, value = word.partition("=")
+        if not sep or not name:
+            raise LabError(f"device property {word!r} of {kind} is not NAME=VALUE",
+                           remedy=f"write it as --device {kind},NAME=VALUE[,NAME=VALUE...]")
+        if name in LAB_PROPERTIES:
+            raise LabError(f"device property {name!r} of {kind} is set by the lab",
+                           remedy="devices sit at fixed slots from 00:10.0 with the lab's back "
+                                  "ends; add other devices with --qemu-arg instead")
+        props[name] = value
+    return kind, props
+
+
 def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
-                iommu: bool = True) -> List[str]:
+                iommu: bool = True,
+                properties: Optional[Callable[[str], FrozenSet[str]]] = None) -> List[str]:
     """QEMU arguments for the devices under test, at fixed PCI slots from 00:10.0 on.
+
+    Each device is a kind with optional QEMU properties
+    (``"nvme,serial=x,msix_qsize=3"``, see :func:`parse_device`); they override
+    the lab's defaults (e.g. the NVMe serial).  ``properties(kind)``, when
+    given, names the properties the QEMU model has: an unknown one is refused
+    here rather than by QEMU at boot.
 
     ``edu`` keeps its 28-bit DMA mask behind an IOMMU (IOVAs are chosen to
     fit); without one it gets a 64-bit mask, since no-IOMMU DMA uses
@@ -112,32 +156,49 @@ def device_args(devices: Sequence[str], run_dir: Path, models: FrozenSet[str],
     port at its slot, so it appears on a bus of its own.
     """
     args: List[str] = []
-    for i, kind in enumerate(devices):
-        if kind not in DEVICE_KINDS:
-            raise LabError(f"unknown device {kind!r} (known: {', '.join(DEVICE_KINDS)})")
+    for i, spec in enumerate(devices):
+        kind, props = parse_device(spec)
         if kind not in models:
             raise LabError(f"this QEMU has no {kind!r} device model",
                            remedy="install a newer QEMU (bookworm-backports has QEMU 10: "
                                   "apt-get install -t bookworm-backports qemu-system-x86)")
+        if props and properties is not None:
+            known = properties(kind)
+            unknown = sorted(set(props) - known)
+            if known and unknown:
+                raise LabError(f"the {kind} device has no propert{'ies' if len(unknown) > 1 else 'y'}"
+                               f" {', '.join(unknown)}",
+                               remedy=f"see `qemu-system-x86_64 -device {kind},help` for its "
+                                      "properties")
         addr = f"addr={FIRST_SLOT + i:#x}"
         if kind == "nvme":
             image = run_dir / f"nvme{i}.img"
             with open(image, "wb") as fh:
                 fh.truncate(NVME_IMAGE_BYTES)
+            base = {"serial": f"pyvfio-nvme{i}"}
             args += ["-drive", f"file={image},if=none,id=nvme{i},format=raw",
-                     "-device", f"nvme,serial=pyvfio-nvme{i},drive=nvme{i},{addr}"]
+                     "-device", _device_word("nvme", {**base, **props}, f"drive=nvme{i},{addr}")]
         elif kind == "e1000e":
             args += ["-netdev", f"hubport,id=net{i},hubid={i}",
-                     "-device", f"e1000e,netdev=net{i},{addr}"]
+                     "-device", _device_word("e1000e", props, f"netdev=net{i},{addr}")]
         elif kind == "igb":
             # its SR-IOV VFs need device numbers past the PF's: give it a bus of its own
             args += ["-netdev", f"hubport,id=net{i},hubid={i}",
                      "-device", f"pcie-root-port,id=labport{i},chassis={i + 1},hotplug=off,{addr}",
-                     "-device", f"igb,netdev=net{i},bus=labport{i}"]
+                     "-device", _device_word("igb", props, f"netdev=net{i},bus=labport{i}")]
         else:
-            wide = "" if iommu or kind != "edu" else ",dma_mask=0xffffffffffffffff"
-            args += ["-device", f"{kind},{addr}{wide}"]
+            base = {} if iommu or kind != "edu" else {"dma_mask": "0xffffffffffffffff"}
+            word = _device_word(kind, {}, addr)
+            merged = {**base, **props}
+            if merged:
+                word += "," + ",".join(f"{k}={v}" for k, v in merged.items())
+            args += ["-device", word]
     return args
+
+
+def _device_word(kind: str, props: Mapping[str, str], lab: str) -> str:
+    """``kind,prop=value,...,<the lab's own properties>``."""
+    return ",".join([kind, *(f"{k}={v}" for k, v in props.items()), lab])
 
 
 def kernel_cmdline(iommu: bool, append: Sequence[str] = ()) -> str:
@@ -176,7 +237,9 @@ def qemu_command(config: MachineConfig, run_dir: Path, rw_dirs: Sequence[Path],
             "-append", kernel_cmdline(config.iommu, config.append),
             "-serial", f"file:{run_dir / 'console.log'}",
             "-chardev", "stdio,id=cmdout,signal=off", "-serial", "chardev:cmdout",
-            *fs, *device_args(config.devices, run_dir, models, config.iommu), *config.qemu_args]
+            *fs, *device_args(config.devices, run_dir, models, config.iommu,
+                         functools.partial(qemu_device_properties, qemu)),
+            *config.qemu_args]
 
 
 def _write_env(run_dir: Path, command: str, env: Mapping[str, str], cwd: Path) -> None:

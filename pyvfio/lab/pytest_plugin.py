@@ -136,6 +136,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "off), all, off; auto (default) = all when QEMU is installed")
     group.addoption("--lab-timeout", type=float, default=3600.0, metavar="S",
                     help="seconds each guest session may take, boot included (default 3600)")
+    group.addoption("--lab-cpu", metavar="MODEL", default=None,
+                    help="the guests' CPU model (e.g. max: AMD with SVM under TCG, so the "
+                         "guests have /dev/kvm and the KVM tests run nested)")
     parser.addini("lab_devices", type="args", default=["edu", "edu", "nvme", "e1000e", "igb"],
                   help="emulated PCI devices of the lab guests (igb only when QEMU has it)")
 
@@ -313,6 +316,11 @@ def _guest_command(config: pytest.Config, color: bool) -> List[str]:
     return [shlex.quote(a) for a in cmd]
 
 
+def _cpu_args(config: pytest.Config) -> Tuple[str, ...]:
+    cpu = config.getoption("--lab-cpu")
+    return ("-cpu", cpu) if cpu else ()      # QEMU takes the last -cpu given
+
+
 def _run_guest(session: pytest.Session, config: GuestConfig,
                reporter: Optional[pytest.TerminalReporter]) -> GuestOutcome:
     """Boot the guest of ``config``, run the device tests in it, collect the results."""
@@ -343,9 +351,10 @@ def _run_guest(session: pytest.Session, config: GuestConfig,
             outcome.release, outcome.notes = image.kernel.release, image.notes
             models = qemu_device_models(find_qemu())
             devices = tuple(d for d in session.config.getini("lab_devices")
-                            if d != "igb" or d in models)
+                            if d.split(",")[0] != "igb" or "igb" in models)
             options = LabOptions(kernel=config.flavour, iommu=config.iommu, devices=devices,
                                  timeout=session.config.getoption("--lab-timeout"),
+                                 qemu_args=_cpu_args(session.config),
                                  cwd=session.config.invocation_params.dir, fetch=(_JUNIT,))
             write(f"kernel {image.kernel.release}, devices: {' '.join(devices)}\n")
             color = reporter is not None and reporter.hasmarkup

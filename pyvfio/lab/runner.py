@@ -5,6 +5,7 @@ to :mod:`pyvfio.lab.machine`."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pyvfio.lab.machine import MachineConfig, RunResult, find_qemu, run_guest
 from pyvfio.lab.oot import STOCK_EXTRAS, build_modules
 
 __all__ = ["LabOptions", "BootImage", "PASSED_ENV", "prepare", "guest_env", "shared_dirs",
-           "repo_dir", "run"]
+           "repo_dir", "command_line", "run"]
 
 #: Host environment variables the guest inherits.
 PASSED_ENV = ("PATH", "HOME", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "TERM", "CI")
@@ -124,10 +125,23 @@ def guest_env(flavour: str, iommu: bool, extra: Sequence[str] = (),
     return env
 
 
+def command_line(command: Union[str, Sequence[str]]) -> str:
+    """The shell line the guest runs: a string or a single word as is, an argv quoted."""
+    if isinstance(command, str):
+        return command
+    words = list(command)
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
 def run(command: Union[str, Sequence[str]], options: LabOptions = LabOptions(),
         output: Optional[Callable[[bytes], None]] = None,
         image: Optional[BootImage] = None) -> RunResult:
-    """Run ``command`` (a shell line, or words joined with spaces) as root in a guest.
+    """Run ``command`` as root in a guest.
+
+    A list of two or more words runs as that argv (each word quoted with
+    :func:`shlex.join`, so ``["python3", "-c", 'print("x")']`` works); a
+    string, or a list of one word, is a shell command line (``"lspci; dmesg |
+    tail"``).
 
     ``output`` receives the command's output as it comes (default: this
     process's stdout); ``image`` is a :func:`prepare` result to boot instead
@@ -139,7 +153,7 @@ def run(command: Union[str, Sequence[str]], options: LabOptions = LabOptions(),
                            iommu=options.iommu, devices=options.devices,
                            mem_mb=options.mem_mb, cpus=options.cpus, accel=options.accel,
                            append=options.append, qemu_args=options.qemu_args, qemu=qemu)
-    line = command if isinstance(command, str) else " ".join(command)
+    line = command_line(command)
     cwd = options.cwd or Path.cwd()
     kwargs = {"output": output} if output is not None else {}
     plain = output is not None or not sys.stdout.isatty()

@@ -11,20 +11,23 @@ ENOENT for an unmap that would split an area, EADDRINUSE ...).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import errno
+import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from pyvfio.core.uapi import ffi, lib
-from pyvfio.mock.type1 import dma_avail_cap, iova_range_cap
 from pyvfio.mock.pin import Pin
-from pyvfio.mock._util import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_args,
+from pyvfio.mock.core.family import Family, MockFile, register
+from pyvfio.mock.core.caps import dma_avail_cap, iova_range_cap
+from pyvfio.mock.core.uaccess import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_args,
                     copy_from_user, copy_to_user, fail, field_end, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyvfio.mock.kernel import MockKernel
-    from pyvfio.mock.vfio_pci import VfioPciDevice
+    from pyvfio.mock.core.family import KernelState as MockKernel
+    from pyvfio.mock.vfio.pci import VfioPciDevice
 
-__all__ = ["IommufdCtx", "Ioas", "HwPagetable", "IommufdDevice"]
+__all__ = ["Iommufd", "IommuFile", "IommufdCtx", "Ioas", "HwPagetable", "IommufdDevice"]
 
 PROT_READ = 1
 PROT_WRITE = 2
@@ -80,7 +83,7 @@ class Pages:
             if not user_range_ok(self.base + (first << PAGE_SHIFT), (last - first + 1) << PAGE_SHIFT,
                                  write=self.writable):
                 raise fail(errno.EFAULT)
-            self.kernel.accounting.charge(len(new), self.account)
+            self.kernel.process.accounting.charge(len(new), self.account)
         for p in range(first, last + 1):
             self.pins[p] = self.pins.get(p, 0) + 1
 
@@ -93,7 +96,7 @@ class Pages:
                 freed += 1
             else:
                 self.pins[p] = n
-        self.kernel.accounting.uncharge(freed, self.account)
+        self.kernel.process.accounting.uncharge(freed, self.account)
 
 
 class Area:
@@ -149,7 +152,7 @@ class Ioas(_Object):
     def iova_alignment(self) -> int:
         align = 1
         for hwpt in self.hwpts:
-            b = self.ctx.kernel.iova_pgsizes
+            b = self.ctx.kernel.iommu.iova_pgsizes
             align = max(align, b & -b)
         return align
 
@@ -282,7 +285,7 @@ class HwPagetable(_Object):
     def add_domain(self) -> None:
         """iopt_table_add_domain: reserve outside the aperture, align, pin every area."""
         ioas = self.ioas
-        k = self.ctx.kernel
+        k = self.ctx.kernel.iommu
         aperture_end = (1 << k.iova_bits) - 1
         new_align = max(ioas.iova_alignment, k.iova_pgsizes & -k.iova_pgsizes)
         for a in ioas.areas:
@@ -440,7 +443,7 @@ class IommufdCtx:
         return hwpt.id
 
     def _reserve_msi(self, ioas: Ioas, idev: IommufdDevice) -> None:
-        for start, last in self.kernel.reserved_regions():
+        for start, last in self.kernel.iommu.reserved_regions():
             if any(r[2] is idev for r in ioas.reserved if r[0] == start):
                 continue
             if ioas.areas_in(start, last) or any(lo <= last and hi >= start for lo, hi in ioas.allowed):
@@ -670,7 +673,7 @@ class IommufdCtx:
             if c.op == lib.IOMMU_OPTION_OP_GET:
                 c.val64 = 1 if self.account_mode == "mm" else 0
             elif c.op == lib.IOMMU_OPTION_OP_SET:
-                if not self.kernel.cap_sys_resource:
+                if not self.kernel.process.cap_sys_resource:
                     raise fail(errno.EPERM)
                 if self.objects:
                     raise fail(errno.EBUSY)
@@ -734,7 +737,7 @@ class IommufdCtx:
         self._get(c.dev_id, IommufdDevice)
         data = b""
         c.out_data_type = lib.IOMMU_HW_INFO_TYPE_NONE
-        if self.kernel.iommu_hw_info == "intel_vtd":
+        if self.kernel.iommu.hw_info == "intel_vtd":
             vtd = ffi.new("struct iommu_hw_info_vtd *")
             vtd.flags, vtd.cap_reg, vtd.ecap_reg = QEMU_VTD_INFO
             data = bytes(ffi.buffer(vtd))
@@ -775,7 +778,7 @@ class IommufdCtx:
             return 1
         if arg == lib.VFIO_DMA_CC_IOMMU:
             ioas = self.compat_ioas(create=False)
-            return 1 if self.kernel.cache_coherent or not ioas.hwpts else 0
+            return 1 if self.kernel.iommu.cache_coherent or not ioas.hwpts else 0
         return 0
 
     def _vfio_set_iommu(self, arg: int) -> int:
@@ -793,7 +796,7 @@ class IommufdCtx:
         ioas = self.compat_ioas(create=False)
         bitmap = ULONG_MAX
         for _ in ioas.hwpts:
-            bitmap &= self.kernel.iova_pgsizes
+            bitmap &= self.kernel.iommu.iova_pgsizes
         if bitmap & (PAGE_SIZE - 1):
             bitmap = (bitmap & ~(PAGE_SIZE - 1)) | PAGE_SIZE
         info.flags = lib.VFIO_IOMMU_INFO_PGSIZES
@@ -863,3 +866,51 @@ class IommufdCtx:
             u.size = unmapped
             copy_to_user(addr, u, minsz)
         return 0
+
+
+class IommuFile(MockFile):
+    kind = "iommufd"
+
+    def __init__(self, kernel: "MockKernel", path: str) -> None:
+        super().__init__(kernel, path)
+        self.ctx = IommufdCtx(kernel)
+        kernel.iommufd.contexts.append(self.ctx)
+
+    def release(self) -> None:
+        self.ctx.release()
+
+    def ioctl(self, cmd: int, addr: int) -> int:
+        return self.ctx.ioctl(cmd, addr)
+
+
+@register
+class Iommufd(Family):
+    """``/dev/iommu``: one :class:`IommufdCtx` per open."""
+
+    name = "iommufd"
+    requires = ("process", "iommu")
+
+    @dataclasses.dataclass
+    class Config:
+        #: Offer ``/dev/iommu`` and VFIO device cdevs (default: with ``iommu="type1"``).
+        iommufd: Optional[bool] = None
+
+    def __init__(self, kernel: Any, config: "Iommufd.Config") -> None:
+        super().__init__(kernel, config)
+        kind = kernel.iommu.kind
+        self.enabled = kind == "type1" if config.iommufd is None else config.iommufd
+        if self.enabled and kind != "type1":
+            raise ValueError("the mock offers iommufd only with iommu='type1'")
+        self.contexts: List[IommufdCtx] = []
+
+    def setup(self) -> None:
+        if not self.enabled:
+            return
+        host = self.kernel.host
+        os.makedirs(host.sys_path("module", "iommufd"), exist_ok=True)
+        with open(host.dev_path("iommu"), "w"):
+            pass
+        self.kernel.add_node(host.dev_path("iommu"), lambda p: IommuFile(self.kernel, p))
+
+    def leaks(self) -> List[str]:
+        return [line for ctx in self.contexts for line in ctx.leaks()]

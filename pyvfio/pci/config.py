@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Tuple, Union
 
+from pyvfio.core.mmio import MmioAccess
 from pyvfio.errors import InvalidArgumentError, OutOfBoundsError, PyvfioError
 
 __all__ = [
@@ -570,7 +571,6 @@ class AerCapability:
 
 
 # ----------------------------------------------------------------------------- PciConfig
-_FORMATS = {1: "<B", 2: "<H", 4: "<I"}
 
 
 def _yn(flag: bool) -> str:
@@ -586,15 +586,19 @@ def _speed(gts: Optional[float]) -> str:
     return "unknown speed" if gts is None else f"{gts:g} GT/s"
 
 
-class PciConfig:
+class PciConfig(MmioAccess):
     """Typed access to one function's configuration space.
 
     Every property reads the device afresh: configuration registers change
-    under the driver (status bits, link state, power state).
+    under the driver (status bits, link state, power state).  ``read8`` ..
+    ``write32`` come from :class:`pyvfio.core.mmio.MmioAccess`: each is one
+    access of its size (one read or write of the space at that offset),
+    little-endian as PCI defines.
     """
 
     def __init__(self, space: ConfigSpace) -> None:
         self.space = space
+        self._mmio_device = getattr(getattr(space, "device", None), "name", None)
 
     @classmethod
     def from_bytes(cls, data: Union[bytes, bytearray]) -> "PciConfig":
@@ -623,64 +627,35 @@ class PciConfig:
                 f"config access of {size} bytes at offset {offset:#x} is not "
                 f"{size}-byte aligned", errno=_errno.EINVAL)
 
-    def read(self, offset: int, size: int) -> bytes:
-        """``size`` raw bytes at ``offset`` (bounds-checked, any alignment)."""
+    def read(self, offset: int, size: int, width: Optional[int] = None) -> bytes:
+        """``size`` raw bytes at ``offset`` (bounds-checked).
+
+        Without ``width``: one read of the space, any alignment.  With ``width``
+        (1, 2, 4): size/width reads of that width, as in
+        :meth:`pyvfio.core.mmio.MmioAccess.read`.
+        """
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidArgumentError(f"read size must be a non-negative int, not {size!r}",
                                        errno=_errno.EINVAL)
+        return MmioAccess.read(self, offset, size, width)
+
+    def write(self, offset: int, data: bytes, width: Optional[int] = None) -> None:
+        """Write raw bytes at ``offset`` (bounds-checked); ``width`` as in :meth:`read`."""
+        MmioAccess.write(self, offset, data, width)
+
+    # -- what MmioAccess needs: typed accesses are one pread/pwrite of their size ----------
+    def _mmio_check(self, offset: int, size: int, write: bool) -> None:
         self._check(offset, size, align=False)
+
+    def _mmio_pread(self, offset: int, size: int) -> bytes:
         data = bytes(self.space.read(offset, size))
         if len(data) != size:
             raise PyvfioError(f"short config read at offset 0x{offset:x}: "
                               f"{len(data)} of {size} bytes", errno=_errno.EIO)
         return data
 
-    def write(self, offset: int, data: bytes) -> None:
-        """Write raw bytes at ``offset`` (bounds-checked, any alignment)."""
-        data = bytes(data)
-        self._check(offset, len(data), align=False)
+    def _mmio_pwrite(self, offset: int, data: bytes) -> None:
         self.space.write(offset, data)
-
-    def _read(self, offset: int, size: int) -> int:
-        self._check(offset, size, align=True)
-        data = bytes(self.space.read(offset, size))
-        if len(data) != size:
-            raise PyvfioError(f"short config read at offset 0x{offset:x}: "
-                              f"{len(data)} of {size} bytes", errno=_errno.EIO)
-        return int(struct.unpack(_FORMATS[size], data)[0])
-
-    def _write(self, offset: int, size: int, value: int) -> None:
-        self._check(offset, size, align=True)
-        if isinstance(value, bool) or not isinstance(value, int) \
-                or not 0 <= value < 1 << (8 * size):
-            raise InvalidArgumentError(
-                f"value {value!r} for config offset 0x{offset:x} does not fit in "
-                f"{8 * size} bits", errno=_errno.EINVAL)
-        self.space.write(offset, struct.pack(_FORMATS[size], value))
-
-    def read8(self, offset: int) -> int:
-        """The byte at ``offset``."""
-        return self._read(offset, 1)
-
-    def read16(self, offset: int) -> int:
-        """The 16-bit register at ``offset`` (2-byte aligned)."""
-        return self._read(offset, 2)
-
-    def read32(self, offset: int) -> int:
-        """The 32-bit register at ``offset`` (4-byte aligned)."""
-        return self._read(offset, 4)
-
-    def write8(self, offset: int, value: int) -> None:
-        """Write the byte at ``offset``."""
-        self._write(offset, 1, value)
-
-    def write16(self, offset: int, value: int) -> None:
-        """Write the 16-bit register at ``offset`` (2-byte aligned)."""
-        self._write(offset, 2, value)
-
-    def write32(self, offset: int, value: int) -> None:
-        """Write the 32-bit register at ``offset`` (4-byte aligned)."""
-        self._write(offset, 4, value)
 
     # -- header -----------------------------------------------------------------------
     @property

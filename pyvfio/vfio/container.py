@@ -252,9 +252,10 @@ class Container(IoAddressSpace):
     def _is_registered(self, vaddr: int, size: int) -> bool:
         return any(v <= vaddr and vaddr + size <= v + s for v, s in self._registered.items())
 
-    def _unmap(self, iova: int, size: int) -> None:
+    def _unmap(self, iova: int, size: int) -> int:
         p = argsz.new("struct vfio_iommu_type1_dma_unmap", iova=iova, size=size)
         syscalls.ioctl(self.fd, lib.VFIO_IOMMU_UNMAP_DMA, p)
+        return int(p.size)              # the kernel writes back the bytes it unmapped
 
     def _unmap_everything(self) -> None:
         if self.iommu_name in ("type1", "type1v2") and self.check_extension(lib.VFIO_UNMAP_ALL):

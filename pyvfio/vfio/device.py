@@ -9,7 +9,6 @@ goes through.  :func:`pyvfio.vfio.open.open_device` chooses the path.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from pyvfio import errors
@@ -247,7 +246,8 @@ class Device(Handle):
 
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:
-        """Disable interrupts, unmap BARs, close the fd, then what was opened for it."""
+        """Disable interrupts, unmap BARs, remove DMA mappings, close the fd, then what was
+        opened for it (group before container, the IOAS with its iommufd)."""
         if self.fd is None and not self._owned:
             return
         first_error = None
@@ -260,6 +260,14 @@ class Device(Handle):
             r.close()
         self._irqs.clear()
         self._regions.clear()
+        # unmap DMA while the IOMMU still exists: detaching the container's last
+        # group drops its type1 IOMMU, and an unmap after that fails (EINVAL)
+        dma = self.dma
+        if dma is not None and not dma.closed:
+            try:
+                dma.unmap_all()
+            except errors.PyvfioError as exc:
+                first_error = first_error or exc
         if self.fd is not None:
             syscalls.close(self.fd)
             self.fd = None

@@ -9,24 +9,24 @@ rest goes through pread/pwrite.
 
 Accesses are checked against the region's size before they reach the device,
 so a bad offset raises :class:`~pyvfio.errors.OutOfBoundsError` instead of a
-SIGBUS.  Typed accesses are single loads and stores of their width.
+SIGBUS.  The accessors come from :class:`pyvfio.core.mmio.MmioAccess`: a typed
+access is exactly one load or store of its width (a C volatile access on a
+mapping, one pread/pwrite of that size otherwise); bulk reads and writes take
+an access ``width``; ``endian`` is the byte order of the device's registers.
 """
 from __future__ import annotations
 
 import mmap as _mmap
-import struct
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
-from pyvfio.core import args, argsz
+from pyvfio.core import argsz
 from pyvfio.core import syscalls
 from pyvfio.core.handle import Handle
-from pyvfio.core.uapi import ffi, lib
+from pyvfio.core.mmio import LITTLE, MmioAccess, Window
+from pyvfio.core.uapi import lib
 
 __all__ = ["Region", "RegionInfo"]
-
-_FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
-_PTR = {1: "uint8_t *", 2: "uint16_t *", 4: "uint32_t *", 8: "uint64_t *"}
 
 
 class RegionInfo(NamedTuple):
@@ -58,30 +58,15 @@ def region_info(fd: int, index: int, device: Optional[str] = None) -> RegionInfo
     return RegionInfo(index, info.flags, info.size, info.offset, sparse, rtype, msix)
 
 
-class _Area:
-    """One mmap'ed window of a region with typed pointers into it."""
+class Region(MmioAccess, Handle):
+    """One region of an open VFIO device.
 
-    __slots__ = ("start", "end", "mapping", "base", "p8", "p16", "p32", "p64")
+    ``endian`` is the byte order of the device's registers (PCI: little);
+    see :meth:`~pyvfio.core.mmio.MmioAccess.set_endian`.
+    """
 
-    def __init__(self, start: int, size: int, mapping: Any) -> None:
-        self.start = start
-        self.end = start + size
-        self.mapping = mapping
-        self.base = ffi.from_buffer("char[]", mapping)
-        self.p8 = ffi.cast("uint8_t *", self.base)
-        self.p16 = ffi.cast("uint16_t *", self.base)
-        self.p32 = ffi.cast("uint32_t *", self.base)
-        self.p64 = ffi.cast("uint64_t *", self.base)
-
-    def release(self) -> None:
-        ffi.release(self.base)
-        syscalls.munmap(self.mapping)
-
-
-class Region(Handle):
-    """One region of an open VFIO device."""
-
-    def __init__(self, device: Any, index: int, info: Optional[RegionInfo] = None) -> None:
+    def __init__(self, device: Any, index: int, info: Optional[RegionInfo] = None,
+                 endian: str = LITTLE) -> None:
         self.device = device
         self._owner = device
         self.index = index
@@ -90,9 +75,11 @@ class Region(Handle):
         self.size = self.info.size
         self.offset = self.info.offset
         self.flags = self.info.flags
-        self._areas: List[_Area] = []
-        self._whole: Optional[_Area] = None      # fast path: one area covering the region
-        self._last32 = self.size - 4
+        self._areas: List[Window] = []
+        self._mmio_whole: Optional[Window] = None  # fast path: one window covering the region
+        self._mmio_size = self.size
+        self._mmio_device = device.name
+        self._mmio_init(endian)
         self._closed = False
 
     # -- properties -------------------------------------------------------
@@ -123,7 +110,7 @@ class Region(Handle):
 
     @property
     def closed(self) -> bool:
-        return self._closed or self.device.closed
+        return self._closed or bool(self.device.closed)
 
     # -- mapping -----------------------------------------------------------------
     def mmap(self) -> "Region":
@@ -143,119 +130,57 @@ class Region(Handle):
                     continue
                 m = syscalls.mmap(self.device.fd, size, self.offset + off, prot=prot,
                                   device=self.device.name, what=self._where())
-                self._areas.append(_Area(off, size, m))
+                try:
+                    self._areas.append(Window(off, size, m))
+                except BaseException:
+                    syscalls.munmap(m)
+                    raise
         except BaseException:
             self.munmap()
             raise
         if len(self._areas) == 1 and self._areas[0].start == 0 and self._areas[0].end == self.size:
-            self._whole = self._areas[0]
+            self._mmio_whole = self._areas[0]
         return self
 
     def munmap(self) -> None:
         """Remove the mappings; accesses go through pread/pwrite afterwards."""
-        self._whole = None
+        self._mmio_whole = None
         areas, self._areas = self._areas, []
         for a in areas:
             a.release()
+            syscalls.munmap(a.mapping)
 
-    def _area(self, off: int, size: int) -> Optional[_Area]:
+    def _area(self, off: int, size: int) -> Optional[Window]:
         for a in self._areas:
             if a.start <= off and off + size <= a.end:
                 return a
         return None
 
-    # -- bounds ------------------------------------------------------------------
-    def _bounds(self, off: int, size: int, op: str) -> Tuple[int, int]:
+    # -- what MmioAccess needs -------------------------------------------------------
+    def _mmio_check(self, off: int, size: int, write: bool) -> None:
         self._check()
-        off = args.integer(off, "offset", device=self.device.name, lo=None, hi=None)
-        size = args.integer(size, "size", device=self.device.name, lo=None, hi=None)
+        if type(off) is not int or type(size) is not int:
+            raise errors.ArgumentTypeError(
+                f"offset and size must be integers, not {off!r} and {size!r}",
+                device=self.device.name, remedy="pass int offsets and sizes")
         if off < 0 or size < 0 or off + size > self.size:
             raise errors.OutOfBoundsError(
-                f"{op} of {size} bytes at {off:#x} is outside region {self.index} "
+                f"access of {size} bytes at {off:#x} is outside region {self.index} "
                 f"({self.size:#x} bytes)", device=self.device.name,
                 remedy=f"use offsets below {self.size:#x}")
-        if op != "access" and size in _PTR and off % size:
-            raise errors.InvalidArgumentError(
-                f"{size * 8}-bit {op} at {off:#x} is not naturally aligned",
-                device=self.device.name)
-        if op == "read" and not self.readable or op == "write" and not self.writable:
+        if not (self.writable if write else self.readable):
+            op = "write" if write else "read"
             raise errors.PermissionDeniedError(f"region {self.index} is not {op}able",
-                                               device=self.device.name, remedy=None)
-        return off, size
+                                               device=self.device.name,
+                                               remedy=f"do not {op} this region")
 
-    # -- typed access ---------------------------------------------------------------
-    def _read(self, off: int, size: int) -> int:
-        off, size = self._bounds(off, size, "read")
-        a = self._area(off, size)
-        if a is not None:
-            return getattr(a, f"p{size * 8}")[(off - a.start) // size]
-        data = syscalls.pread(self.device.fd, size, self.offset + off, device=self.device.name)
-        return struct.unpack(_FMT[size], data)[0]
+    def _mmio_window(self, off: int, size: int) -> Optional[Window]:
+        return self._area(off, size)
 
-    def _write(self, off: int, size: int, value: int) -> None:
-        off, size = self._bounds(off, size, "write")
-        value = args.integer(value, f"{size * 8}-bit value", device=self.device.name,
-                             hi=(1 << (size * 8)) - 1)
-        a = self._area(off, size)
-        if a is not None:
-            getattr(a, f"p{size * 8}")[(off - a.start) // size] = value
-            return
-        syscalls.pwrite(self.device.fd, struct.pack(_FMT[size], value), self.offset + off,
-                        device=self.device.name)
-
-    def read8(self, off: int) -> int:
-        return self._read(off, 1)
-
-    def read16(self, off: int) -> int:
-        return self._read(off, 2)
-
-    def read32(self, off: int) -> int:
-        """A single 32-bit load (or a 4-byte pread) at ``off``."""
-        w = self._whole
-        if w is not None and type(off) is int and not off & 3 and 0 <= off <= self._last32:
-            return w.p32[off >> 2]
-        return self._read(off, 4)
-
-    def read64(self, off: int) -> int:
-        return self._read(off, 8)
-
-    def write8(self, off: int, value: int) -> None:
-        self._write(off, 1, value)
-
-    def write16(self, off: int, value: int) -> None:
-        self._write(off, 2, value)
-
-    def write32(self, off: int, value: int) -> None:
-        """A single 32-bit store (or a 4-byte pwrite) at ``off``."""
-        w = self._whole
-        if w is not None and type(off) is int and not off & 3 and 0 <= off <= self._last32:
-            try:
-                w.p32[off >> 2] = value
-                return
-            except (OverflowError, TypeError):
-                pass                   # reported with the device's name below
-        self._write(off, 4, value)
-
-    def write64(self, off: int, value: int) -> None:
-        self._write(off, 8, value)
-
-    # -- bulk access -------------------------------------------------------------------
-    def read(self, off: int, size: int) -> bytes:
-        """``size`` bytes at ``off`` (memcpy from a mapping, else pread)."""
-        off, size = self._bounds(off, size, "access")
-        a = self._area(off, size)
-        if a is not None:
-            return bytes(ffi.buffer(a.base + (off - a.start), size))
+    def _mmio_pread(self, off: int, size: int) -> bytes:
         return syscalls.pread(self.device.fd, size, self.offset + off, device=self.device.name)
 
-    def write(self, off: int, data: bytes) -> None:
-        """Copy ``data`` to ``off`` (memcpy into a mapping, else pwrite)."""
-        data = args.data(data, "data", device=self.device.name)
-        off, _ = self._bounds(off, len(data), "access")
-        a = self._area(off, len(data))
-        if a is not None:
-            ffi.memmove(a.base + (off - a.start), data, len(data))
-            return
+    def _mmio_pwrite(self, off: int, data: bytes) -> None:
         syscalls.pwrite(self.device.fd, data, self.offset + off, device=self.device.name)
 
     # -- lifetime -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fakesysfs import FakeSysfs
+from pyvfio.mock.pci.sysfs import SysfsTree as FakeSysfs
 from pyvfio import errors, pci
 from pyvfio.cli import main
 from pyvfio.cli import doctor

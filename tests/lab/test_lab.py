@@ -615,3 +615,68 @@ def processes_mentioning(text: str) -> List[int]:
         except OSError:
             continue
     return pids
+
+
+# --------------------------------------------------------------------------- argv and devices
+def test_command_line_argv_is_quoted_and_a_single_word_is_a_shell_line() -> None:
+    assert runner.command_line(["python3", "-c", 'print("x")']) == "python3 -c 'print(\"x\")'"
+    assert runner.command_line(["echo", "a b", "$HOME"]) == "echo 'a b' '$HOME'"
+    assert runner.command_line(["lspci; dmesg | tail"]) == "lspci; dmesg | tail"
+    assert runner.command_line("uname -r && true") == "uname -r && true"
+
+
+def test_qemu_arg_takes_values_starting_with_a_dash() -> None:
+    from pyvfio.cli import build_parser
+    from pyvfio.cli.lab import normalize_argv
+    argv = ["lab", "run", "--qemu-arg", "-device", "--qemu-arg", "virtio-rng-pci",
+            "--qemu-arg=-s", "--", "echo", "--qemu-arg", "-x"]
+    args = build_parser().parse_args(normalize_argv(argv))
+    assert args.qemu_arg == ["-device", "virtio-rng-pci", "-s"]
+    assert args.command == ["--", "echo", "--qemu-arg", "-x"]     # the command is untouched
+
+
+def test_parse_device_kinds_and_properties() -> None:
+    assert machine.parse_device("edu") == ("edu", {})
+    assert machine.parse_device("nvme,serial=x,msix_qsize=3") == (
+        "nvme", {"serial": "x", "msix_qsize": "3"})
+    with pytest.raises(LabError, match=r"unknown device 'gpu' in --device 'gpu,x=1' "
+                                       r"\(known: edu, nvme, e1000e, igb\)") as exc:
+        machine.parse_device("gpu,x=1")
+    assert "--device nvme,serial=x" in exc.value.remedy
+    with pytest.raises(LabError, match="property 'serial' of nvme is not NAME=VALUE"):
+        machine.parse_device("nvme,serial")
+    with pytest.raises(LabError, match="property 'addr' of edu is set by the lab"):
+        machine.parse_device("edu,addr=0x5")
+
+
+def test_device_properties_reach_qemu_and_unknown_ones_are_refused(tmp_path: Path) -> None:
+    models = frozenset({"edu", "nvme", "e1000e", "igb"})
+    known = {"nvme": frozenset({"serial", "msix_qsize", "mdts", "logical_block_size"}),
+             "edu": frozenset({"dma_mask"}), "e1000e": frozenset({"mac"}),
+             "igb": frozenset({"mac"})}
+    args = machine.device_args(
+        ["nvme,serial=x,msix_qsize=3,mdts=5", "edu,dma_mask=0xffffffff", "e1000e,mac=52:54:00:12:34:56",
+         "igb,mac=52:54:00:12:34:57"], tmp_path, models, True, known.__getitem__)
+    line = " ".join(args)
+    assert "-device nvme,serial=x,msix_qsize=3,mdts=5,drive=nvme0,addr=0x10" in line
+    assert "-device edu,addr=0x11,dma_mask=0xffffffff" in line
+    assert "-device e1000e,mac=52:54:00:12:34:56,netdev=net2,addr=0x12" in line
+    assert "-device igb,mac=52:54:00:12:34:57,netdev=net3,bus=labport3" in line
+    with pytest.raises(LabError, match="the nvme device has no properties bogus, colour") as exc:
+        machine.device_args(["nvme,colour=red,bogus=1"], tmp_path, models, True,
+                            known.__getitem__)
+    assert "-device nvme,help" in exc.value.remedy
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed")
+def test_qemu_device_properties_of_the_installed_qemu() -> None:
+    props = machine.qemu_device_properties(machine.find_qemu(), "nvme")
+    assert {"serial", "msix_qsize", "mdts", "logical_block_size", "addr"} <= props
+    assert "dma_mask" in machine.qemu_device_properties(machine.find_qemu(), "edu")
+
+
+def test_cli_refuses_an_unknown_device_kind(capsys: pytest.CaptureFixture) -> None:
+    from pyvfio.cli import main
+    assert main(["lab", "run", "--device", "gpu", "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device 'gpu'" in err and "known: edu, nvme, e1000e, igb" in err

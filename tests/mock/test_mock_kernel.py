@@ -327,7 +327,7 @@ def test_map_dma_refusals(mock, iova, size, flags, vaddr_off, err):
     with Buf(0x4000) as buf:
         with raises_errno(err):
             dma_map(c, buf.addr + vaddr_off, iova, size, flags)
-    assert mock.mappings() == []
+    assert mock.vfio.mappings() == []
     close(g, c)
 
 
@@ -351,7 +351,7 @@ def test_map_overlap_bad_vaddr_and_unmap_rules_v2(mock):
         dma_map(c, buf.addr, 0x1000000, 0x4000)
         dma_map(c, buf.addr, 0x2000000, 0x4000)      # the same memory twice is allowed
         assert dma_unmap(c, 0, 0, lib.VFIO_DMA_UNMAP_FLAG_ALL) == 0x8000
-    assert mock.locked_bytes == 0
+    assert mock.process.locked_bytes == 0
     close(g, c)
 
 
@@ -382,17 +382,17 @@ def test_memlock_limit_gives_enomem_and_memlock_error(tmp_path):
         c, g = open_container(k)
         with Buf(0x40000) as buf:
             dma_map(c, buf.addr, 0x100000, 0x10000)          # exactly the limit
-            assert k.locked_bytes == 0x10000
+            assert k.process.locked_bytes == 0x10000
             with raises_errno(errno.ENOMEM):
                 dma_map(c, buf.addr + 0x10000, 0x200000, 0x1000)
             with pytest.raises(errors.MemlockError) as ei:
                 dma_map(c, buf.addr + 0x10000, 0x200000, 0x1000, dma=True)
             assert ei.value.errno == errno.ENOMEM and ei.value.op == "VFIO_IOMMU_MAP_DMA"
             dma_unmap(c, 0x100000, 0x10000)
-            assert k.locked_bytes == 0
+            assert k.process.locked_bytes == 0
             dma_map(c, buf.addr, 0x100000, 0x10000)
         close(g, c)                                   # releasing the container unpins all
-        assert k.locked_bytes == 0
+        assert k.process.locked_bytes == 0
 
 
 # -- the device fd --------------------------------------------------------------------------
@@ -503,7 +503,7 @@ def test_edu_dma_round_trip(edu, size):
         assert bytes(buf.map[0x1000:0x1000 + size]) == pattern
         assert bytes(buf.map[0x1000 + size:0x1000 + size + 16]) == bytes(16)
         dma_unmap(c, 0x100000, 0x3000)
-    assert mock.faults == []
+    assert mock.process.faults == []
 
 
 def test_dma_to_unmapped_iova_faults_and_leaves_memory(edu):
@@ -517,14 +517,14 @@ def test_dma_to_unmapped_iova_faults_and_leaves_memory(edu):
         buf.map[0:64] = b"\x55" * 64
         edu_dma(d, 0x40000, 0x100000, 64, to_ram=True)       # the mapping is gone
         assert bytes(buf.map[0:64]) == b"\x55" * 64
-        assert [(f.device, f.iova, f.length, f.write) for f in mock.faults] == [(EDU, 0x100000, 64, True)]
-        assert "not mapped" in mock.faults[0].reason
+        assert [(f.device, f.iova, f.length, f.write) for f in mock.process.faults] == [(EDU, 0x100000, 64, True)]
+        assert "not mapped" in mock.process.faults[0].reason
         edu_dma(d, 0x40000, 0x200000, 64, to_ram=True)       # a read-only mapping
         assert bytes(buf.map[0x1000:0x1040]) == bytes(64)
-        assert "write permission" in mock.faults[-1].reason
+        assert "write permission" in mock.process.faults[-1].reason
         edu_dma(d, 0x300000, 0x40000, 16, to_ram=False)      # a faulted read gives zeros
         edu_dma(d, 0x40000, 0x100000, 16, to_ram=True)
-        assert mock.model(EDU).dma_buf[:16] == bytes(16)
+        assert mock.pci.model(EDU).dma_buf[:16] == bytes(16)
         dma_unmap(c, 0, 0, lib.VFIO_DMA_UNMAP_FLAG_ALL)
 
 
@@ -538,7 +538,7 @@ def test_dma_and_msi_need_bus_master(edu):
         buf.map[0:16] = b"\x77" * 16
         edu_dma(d, 0x40000, 0x100000, 16, to_ram=True)
         assert bytes(buf.map[0:16]) == b"\x77" * 16
-        assert mock.faults[-1].reason == "bus master disabled"
+        assert mock.process.faults[-1].reason == "bus master disabled"
         wr(d, 0x60, 1)
         assert pending(efd) == 0                     # the MSI write never left the device
         wr(d, 0x64, 1)
@@ -876,7 +876,7 @@ def test_spapr_v2_map_inside_windows_of_preregistered_memory(tmp_path):
             assert dma_unmap(c, 0x100000, 0x8000) == 0x8000
             register(c, buf.addr, 0x8000, lib.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY)
         close(g, c)
-        assert k.locked_bytes == 0
+        assert k.process.locked_bytes == 0
 
 
 def test_spapr_unregister_while_mapped_keeps_the_memory(tmp_path):
@@ -910,12 +910,12 @@ def test_spapr_v1_enable_and_memlock(tmp_path):
             ioctl(c, lib.VFIO_IOMMU_ENABLE)
             with raises_errno(errno.EBUSY):
                 ioctl(c, lib.VFIO_IOMMU_ENABLE)
-            assert k.locked_bytes == 1 << 31
+            assert k.process.locked_bytes == 1 << 31
             assert dma_map(c, buf.addr, 0x100000, 0x2000) == 0
             assert dma_unmap(c, 0x100000, 0x2000) == 0x2000
             ioctl(c, lib.VFIO_IOMMU_DISABLE)
         close(g, c)
-        assert k.locked_bytes == 0
+        assert k.process.locked_bytes == 0
 
 
 def test_spapr_v2_register_memlock(tmp_path):
@@ -1092,7 +1092,7 @@ def test_iommufd_cdev_bind_attach_and_dma(mock):
             ioctl(i, lib.IOMMU_DESTROY, argsz.new("struct iommu_destroy", id=hwpt))
         edu_dma(d, 0x40000, 0x103000, 16, to_ram=True)   # detached: blocked
         assert bytes(buf.map[0x3000:0x3010]) == bytes(16)
-        assert "blocked" in mock.faults[-1].reason
+        assert "blocked" in mock.process.faults[-1].reason
         ioas_unmap(i, ioas, 0, (1 << 64) - 1)
     close(d, i)
 
@@ -1103,7 +1103,7 @@ def test_iommufd_pins_and_accounts_at_attach(tmp_path):
         ioas = ioas_alloc(i)
         with Buf(0x8000) as buf:
             ioas_map(i, ioas, buf.addr, 0x8000, iova=0x100000)     # no domain: nothing pinned
-            assert k.locked_bytes == 0
+            assert k.process.locked_bytes == 0
             d, _ = cdev_bind(k, i)
             with raises_errno(errno.ENOMEM):
                 attach(d, ioas)
@@ -1112,9 +1112,9 @@ def test_iommufd_pins_and_accounts_at_attach(tmp_path):
             with pytest.raises(errors.MemlockError):
                 ioas_map(i, ioas, buf.addr, 0x8000, iova=0x100000, dma=True)
             ioas_map(i, ioas, buf.addr, 0x4000, iova=0x100000)
-            assert k.locked_bytes == 0x4000
+            assert k.process.locked_bytes == 0x4000
             ioas_unmap(i, ioas, 0, (1 << 64) - 1)
-            assert k.locked_bytes == 0
+            assert k.process.locked_bytes == 0
         close(d, i)
 
 
@@ -1218,7 +1218,7 @@ def test_closing_the_last_group_deprivileges_the_container(mock):
     with Buf(0x1000) as buf:
         dma_map(c, buf.addr, 0x100000, 0x1000)
         close(g)                                     # the IOMMU goes with the last group
-        assert mock.mappings() == [] and mock.locked_bytes == 0
+        assert mock.vfio.mappings() == [] and mock.process.locked_bytes == 0
         with raises_errno(errno.EINVAL):
             dma_map(c, buf.addr, 0x100000, 0x1000)
         assert ioctl(c, lib.VFIO_CHECK_EXTENSION, lib.VFIO_UPDATE_VADDR) == 0
@@ -1231,11 +1231,11 @@ def test_update_vaddr_and_dirty_bitmap(edu):
         dma_map(c, old.addr, 0x100000, 0x4000)
         assert dma_unmap(c, 0x100000, 0x4000, lib.VFIO_DMA_UNMAP_FLAG_VADDR) == 0x4000
         edu_dma(d, 0x40000, 0x100000, 16, to_ram=True)        # no vaddr now: refused
-        assert "invalidated" in mock.faults[-1].reason
+        assert "invalidated" in mock.process.faults[-1].reason
         with raises_errno(errno.EINVAL):                      # VADDR takes no permissions
             dma_map(c, new.addr, 0x100000, 0x4000, flags=RW | lib.VFIO_DMA_MAP_FLAG_VADDR)
         dma_map(c, new.addr, 0x100000, 0x4000, flags=lib.VFIO_DMA_MAP_FLAG_VADDR)
-        mock.model(EDU).dma_buf[:4] = b"abcd"
+        mock.pci.model(EDU).dma_buf[:4] = b"abcd"
         edu_dma(d, 0x40000, 0x100000, 4, to_ram=True)
         assert new.map[0:4] == b"abcd"
         ctl = lambda flags: ioctl(c, lib.VFIO_IOMMU_DIRTY_PAGES,             # noqa: E731

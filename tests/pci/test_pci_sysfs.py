@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from fakesysfs import FakeSysfs
+from pyvfio.mock.pci.sysfs import SysfsTree
 from pyvfio import errors, pci
 from pyvfio.cli import main
 from pyvfio.core import syscalls
@@ -49,13 +49,13 @@ BIG_BAR = (0x4000000000, 0x40FFFFFFFF, 0x14220C)
 
 
 @pytest.fixture
-def fs(tmp_path) -> Iterator[FakeSysfs]:
+def fs(tmp_path) -> Iterator[SysfsTree]:
     """The fake machine, with the stand-in kernel answering pyvfio's writes."""
-    with machine(FakeSysfs(tmp_path)).installed() as fake:
+    with machine(SysfsTree(tmp_path)).installed() as fake:
         yield fake
 
 
-def machine(fs: FakeSysfs) -> FakeSysfs:
+def machine(fs: SysfsTree) -> SysfsTree:
     fs.add_driver("vfio-pci")
     fs.add_driver("pci-stub")
     fs.add_driver("e1000e", [(0x8086, 0x10D3)])
@@ -618,14 +618,14 @@ class TestCli:
         assert fs.driver_of(NIC) == "e1000e"
 
     def test_python_dash_m_runs_ls(self, tmp_path):
-        fs = machine(FakeSysfs(tmp_path))
+        fs = machine(SysfsTree(tmp_path))
         proc = subprocess.run([sys.executable, "-m", "pyvfio", "--sysfs", fs.sysfs, "ls",
                                "--json"], cwd=REPO, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr
         assert [r["address"] for r in json.loads(proc.stdout)][:2] == [HOSTB, EDU]
 
     def test_python_dash_m_error_exit(self, tmp_path):
-        fs = machine(FakeSysfs(tmp_path))
+        fs = machine(SysfsTree(tmp_path))
         proc = subprocess.run([sys.executable, "-m", "pyvfio", "--sysfs", fs.sysfs, "unbind",
                                "0000:00:19.0"], cwd=REPO, capture_output=True,
                               text=True, check=False)

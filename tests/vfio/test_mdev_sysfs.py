@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from fakesysfs import FakeSysfs
+from pyvfio.mock.pci.sysfs import SysfsTree
 from pyvfio import errors
 from pyvfio.core.sysfs import Host, use_host
 from pyvfio.vfio import mdev
@@ -30,8 +30,8 @@ MTTY_TYPES = {
 
 
 @pytest.fixture
-def fs(tmp_path) -> Iterator[FakeSysfs]:
-    fake = FakeSysfs(tmp_path)
+def fs(tmp_path) -> Iterator[SysfsTree]:
+    fake = SysfsTree(tmp_path)
     fake.add_mdev_parent("mtty", MTTY_TYPES)
     fake.add_device("0000:00:02.0", 0x8086, 0x3E92, class_code=0x030000, driver="i915",
                     group=0)

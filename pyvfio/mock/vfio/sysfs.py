@@ -8,31 +8,20 @@ driver's directory under ``sys/bus/pci/drivers``, ``iommu_group`` links into
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from pyvfio.mock.edu import PciFunction
+from pyvfio.mock.pci.function import HostFunction, PciFunction
+from pyvfio.mock.pci.sysfs import SysfsTree
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pyvfio.mock.kernel import HostFunction, MockKernel
+put = SysfsTree.put
+link = SysfsTree.link
+
+MockKernel = Any     # the kernel, as families see it (pyvfio.mock.core.family.KernelState)
 
 __all__ = ["build"]
 
 VFIO_DEV_MAJOR = 236
 VFIO_GROUP_MAJOR = 237
-
-
-def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _link(target: str, link: str) -> None:
-    """A relative symlink ``link`` → ``target`` (both absolute paths)."""
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.lexists(link):
-        os.unlink(link)
-    os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
 
 
 def _bridge_of(bus: int) -> str:
@@ -50,53 +39,51 @@ def _device_dir(sysfs: str, segment: int, bus: int, bdf: str) -> str:
 
 def _common_files(d: str, bdf: str, vendor: int, device: int, sub_vendor: int, sub_device: int,
                   class_code: int, revision: int, driver: Optional[str], config: bytes) -> None:
-    _write(os.path.join(d, "vendor"), f"0x{vendor:04x}\n")
-    _write(os.path.join(d, "device"), f"0x{device:04x}\n")
-    _write(os.path.join(d, "subsystem_vendor"), f"0x{sub_vendor:04x}\n")
-    _write(os.path.join(d, "subsystem_device"), f"0x{sub_device:04x}\n")
-    _write(os.path.join(d, "class"), f"0x{class_code:06x}\n")
-    _write(os.path.join(d, "revision"), f"0x{revision:02x}\n")
-    _write(os.path.join(d, "numa_node"), "-1\n")
-    _write(os.path.join(d, "driver_override"), "(null)\n")
+    put(os.path.join(d, "vendor"), f"0x{vendor:04x}\n")
+    put(os.path.join(d, "device"), f"0x{device:04x}\n")
+    put(os.path.join(d, "subsystem_vendor"), f"0x{sub_vendor:04x}\n")
+    put(os.path.join(d, "subsystem_device"), f"0x{sub_device:04x}\n")
+    put(os.path.join(d, "class"), f"0x{class_code:06x}\n")
+    put(os.path.join(d, "revision"), f"0x{revision:02x}\n")
+    put(os.path.join(d, "numa_node"), "-1\n")
+    put(os.path.join(d, "driver_override"), "(null)\n")
     modalias = (f"pci:v{vendor:08X}d{device:08X}sv{sub_vendor:08X}sd{sub_device:08X}"
                 f"bc{class_code >> 16:02X}sc{(class_code >> 8) & 0xFF:02X}i{class_code & 0xFF:02X}")
-    _write(os.path.join(d, "modalias"), modalias + "\n")
+    put(os.path.join(d, "modalias"), modalias + "\n")
     uevent = ""
     if driver:
         uevent += f"DRIVER={driver}\n"
     uevent += (f"PCI_CLASS={class_code:X}\nPCI_ID={vendor:04X}:{device:04X}\n"
                f"PCI_SUBSYS_ID={sub_vendor:04X}:{sub_device:04X}\nPCI_SLOT_NAME={bdf}\n"
                f"MODALIAS={modalias}\n")
-    _write(os.path.join(d, "uevent"), uevent)
+    put(os.path.join(d, "uevent"), uevent)
     with open(os.path.join(d, "config"), "wb") as f:
         f.write(config)
 
 
 def build(kernel: "MockKernel") -> None:
-    """Create ``kernel.sysfs`` and ``kernel.devroot`` for the kernel's configuration."""
-    sysfs, devroot = kernel.sysfs, kernel.devroot
+    """Create the vfio-pci view of the fake sysfs and /dev for the kernel's configuration."""
+    sysfs, devroot = kernel.host.sysfs, kernel.host.dev
     os.makedirs(os.path.join(sysfs, "bus", "pci", "devices"), exist_ok=True)
     os.makedirs(os.path.join(sysfs, "kernel", "iommu_groups"), exist_ok=True)
     drivers = os.path.join(sysfs, "bus", "pci", "drivers")
     vfio_drv = os.path.join(drivers, "vfio-pci")
     for name in ("bind", "unbind", "new_id", "remove_id"):
-        _write(os.path.join(vfio_drv, name), "")
-    _write(os.path.join(sysfs, "module", "vfio", "parameters", "enable_unsafe_noiommu_mode"),
-           "Y\n" if kernel.noiommu else "N\n")
-    _write(os.path.join(sysfs, "module", "vfio_pci", "parameters", "nointxmask"), "N\n")
-    if kernel.iommu == "type1":
+        put(os.path.join(vfio_drv, name), "")
+    put(os.path.join(sysfs, "module", "vfio", "parameters", "enable_unsafe_noiommu_mode"),
+           "Y\n" if kernel.vfio.noiommu else "N\n")
+    put(os.path.join(sysfs, "module", "vfio_pci", "parameters", "nointxmask"), "N\n")
+    if kernel.iommu.kind == "type1":
         params = os.path.join(sysfs, "module", "vfio_iommu_type1", "parameters")
-        _write(os.path.join(params, "dma_entry_limit"), f"{kernel.dma_entry_limit}\n")
-        _write(os.path.join(params, "allow_unsafe_interrupts"), "N\n")
+        put(os.path.join(params, "dma_entry_limit"), f"{kernel.vfio.dma_entry_limit}\n")
+        put(os.path.join(params, "allow_unsafe_interrupts"), "N\n")
         os.makedirs(os.path.join(sysfs, "class", "iommu", "dmar0"), exist_ok=True)
-    elif kernel.iommu == "spapr":
+    elif kernel.iommu.kind == "spapr":
         os.makedirs(os.path.join(sysfs, "module", "vfio_iommu_spapr_tce"), exist_ok=True)
-    if kernel.iommufd:
-        os.makedirs(os.path.join(sysfs, "module", "iommufd"), exist_ok=True)
 
     bridges: Dict[str, int] = {}
-    next_group = max([g for g in kernel.groups] + [0]) + 1
-    functions: List[Any] = list(kernel.all_functions())
+    next_group = max([g for g in kernel.vfio.groups] + [0]) + 1
+    functions: List[Any] = list(kernel.pci.all_functions())
     for f in functions:
         if getattr(f, "bus", 0) and _bridge_of(f.bus) not in bridges:
             bridges[_bridge_of(f.bus)] = next_group
@@ -107,58 +94,56 @@ def build(kernel: "MockKernel") -> None:
         cfg[0:4] = (0x1B36 | (0x000C << 16)).to_bytes(4, "little")
         cfg[0x0E] = 0x01
         _common_files(d, bdf, 0x1B36, 0x000C, 0x1B36, 0x0000, 0x060400, 0, "pcieport", bytes(cfg))
-        _link(d, os.path.join(sysfs, "bus", "pci", "devices", bdf))
-        _link(os.path.join(drivers, "pcieport"), os.path.join(d, "driver"))
-        _link(d, os.path.join(drivers, "pcieport", bdf))
+        link(os.path.join(sysfs, "bus", "pci", "devices", bdf), d)
+        link(os.path.join(d, "driver"), os.path.join(drivers, "pcieport"))
+        link(os.path.join(drivers, "pcieport", bdf), d)
         _group_links(sysfs, kernel, bridge_group, d, bdf)
 
     for f in functions:
         _function(kernel, f)
 
-    _write(os.path.join(devroot, "vfio", "vfio"), "")
-    if kernel.cdev:
+    put(os.path.join(devroot, "vfio", "vfio"), "")
+    if kernel.vfio.cdev:
         os.makedirs(os.path.join(devroot, "vfio", "devices"), exist_ok=True)
-    if kernel.iommufd:
-        _write(os.path.join(devroot, "iommu"), "")
-    for group in kernel.groups.values():
+    for group in kernel.vfio.groups.values():
         if group.devices:
-            _write(os.path.join(devroot, "vfio", group.node_name), "")
+            put(os.path.join(devroot, "vfio", group.node_name), "")
             vdir = os.path.join(sysfs, "devices", "virtual", "vfio", group.node_name)
-            _write(os.path.join(vdir, "dev"), f"{VFIO_GROUP_MAJOR}:{group.id}\n")
-            _link(vdir, os.path.join(sysfs, "class", "vfio", group.node_name))
-    for dev in kernel.devices:
-        if kernel.cdev:
-            _write(os.path.join(devroot, "vfio", "devices", f"vfio{dev.index}"), "")
+            put(os.path.join(vdir, "dev"), f"{VFIO_GROUP_MAJOR}:{group.id}\n")
+            link(os.path.join(sysfs, "class", "vfio", group.node_name), vdir)
+    for dev in kernel.vfio.devices:
+        if kernel.vfio.cdev:
+            put(os.path.join(devroot, "vfio", "devices", f"vfio{dev.index}"), "")
 
 
 def _group_links(sysfs: str, kernel: "MockKernel", group: int, devdir: str, bdf: str) -> None:
     gdir = os.path.join(sysfs, "kernel", "iommu_groups", str(group))
-    _link(devdir, os.path.join(gdir, "devices", bdf))
-    _link(gdir, os.path.join(devdir, "iommu_group"))
+    link(os.path.join(gdir, "devices", bdf), devdir)
+    link(os.path.join(devdir, "iommu_group"), gdir)
     if not os.path.exists(os.path.join(gdir, "type")):
-        g = kernel.groups.get(group)
+        g = kernel.vfio.groups.get(group)
         if g is not None and g.noiommu:
-            _write(os.path.join(gdir, "name"), "vfio-noiommu\n")
-            _write(os.path.join(gdir, "type"), "unknown\n")
-            _write(os.path.join(gdir, "reserved_regions"), "")
+            put(os.path.join(gdir, "name"), "vfio-noiommu\n")
+            put(os.path.join(gdir, "type"), "unknown\n")
+            put(os.path.join(gdir, "reserved_regions"), "")
         else:
-            _write(os.path.join(gdir, "type"), "DMA-FQ\n" if kernel.iommu == "type1" else "DMA\n")
-            text = "".join(f"0x{s:016x} 0x{e:016x} msi\n" for s, e in kernel.reserved_regions())
-            _write(os.path.join(gdir, "reserved_regions"), text)
+            put(os.path.join(gdir, "type"), "DMA-FQ\n" if kernel.iommu.kind == "type1" else "DMA\n")
+            text = "".join(f"0x{s:016x} 0x{e:016x} msi\n" for s, e in kernel.iommu.reserved_regions())
+            put(os.path.join(gdir, "reserved_regions"), text)
 
 
 def _function(kernel: "MockKernel", f: Any) -> None:
-    sysfs = kernel.sysfs
+    sysfs = kernel.host.sysfs
     drivers = os.path.join(sysfs, "bus", "pci", "drivers")
     if isinstance(f, PciFunction):
-        vdev = kernel.vfio_device(f.bdf)
+        vdev = kernel.vfio.vfio_device(f.bdf)
         driver = "vfio-pci" if vdev is not None else None
         d = _device_dir(sysfs, f.segment, f.bus, f.bdf)
         _common_files(d, f.bdf, f.vendor_id, f.device_id, f.subsystem_vendor_id, f.subsystem_id,
                       f.class_code, f.revision, driver, bytes(f.config))
-        _write(os.path.join(d, "irq"), "16\n" if f.interrupt_pin else "0\n")
-        _write(os.path.join(d, "msi_bus"), "1\n")
-        _write(os.path.join(d, "enable"), "0\n")
+        put(os.path.join(d, "irq"), "16\n" if f.interrupt_pin else "0\n")
+        put(os.path.join(d, "msi_bus"), "1\n")
+        put(os.path.join(d, "enable"), "0\n")
         lines = []
         for i in range(13):
             spec = f.bars.get(i) if i < 6 else None
@@ -169,15 +154,15 @@ def _function(kernel: "MockKernel", f: Any) -> None:
                     r.truncate(spec.size)
             else:
                 lines.append(f"0x{0:016x} 0x{0:016x} 0x{0:016x}")
-        _write(os.path.join(d, "resource"), "\n".join(lines) + "\n")
+        put(os.path.join(d, "resource"), "\n".join(lines) + "\n")
         if vdev is not None and vdev.reset_works:
-            _write(os.path.join(d, "reset_method"), "flr\n" if f.pcie_cap else "bus\n")
-        if vdev is not None and kernel.cdev:
+            put(os.path.join(d, "reset_method"), "flr\n" if f.pcie_cap else "bus\n")
+        if vdev is not None and kernel.vfio.cdev:
             vd = os.path.join(d, "vfio-dev", f"vfio{vdev.index}")
-            _write(os.path.join(vd, "dev"), f"{VFIO_DEV_MAJOR}:{vdev.index}\n")
-            _write(os.path.join(vd, "uevent"), f"MAJOR={VFIO_DEV_MAJOR}\nMINOR={vdev.index}\n"
+            put(os.path.join(vd, "dev"), f"{VFIO_DEV_MAJOR}:{vdev.index}\n")
+            put(os.path.join(vd, "uevent"), f"MAJOR={VFIO_DEV_MAJOR}\nMINOR={vdev.index}\n"
                                                f"DEVNAME=vfio/devices/vfio{vdev.index}\n")
-            _link(vd, os.path.join(sysfs, "class", "vfio-dev", f"vfio{vdev.index}"))
+            link(os.path.join(sysfs, "class", "vfio-dev", f"vfio{vdev.index}"), vd)
         group, bdf = f.group, f.bdf
     else:
         hf: "HostFunction" = f
@@ -187,9 +172,9 @@ def _function(kernel: "MockKernel", f: Any) -> None:
         cfg[0:4] = (hf.vendor | (hf.device << 16)).to_bytes(4, "little")
         _common_files(d, hf.bdf, hf.vendor, hf.device, hf.vendor, 0, hf.class_code, 0, driver, bytes(cfg))
         group, bdf = hf.group, hf.bdf
-    _link(d, os.path.join(sysfs, "bus", "pci", "devices", bdf))
+    link(os.path.join(sysfs, "bus", "pci", "devices", bdf), d)
     if driver:
-        _link(os.path.join(drivers, driver), os.path.join(d, "driver"))
-        _link(d, os.path.join(drivers, driver, bdf))
-    if group is not None and (kernel.iommu != "none" or kernel.noiommu):
+        link(os.path.join(d, "driver"), os.path.join(drivers, driver))
+        link(os.path.join(drivers, driver, bdf), d)
+    if group is not None and (kernel.iommu.kind != "none" or kernel.vfio.noiommu):
         _group_links(sysfs, kernel, group, d, bdf)

@@ -1,17 +1,17 @@
 """A fake /sys (and /dev) in a temporary directory, with a small stand-in kernel.
 
-:class:`FakeSysfs` builds the sysfs layout pyvfio reads: PCI functions under
+:class:`SysfsTree` builds the sysfs layout pyvfio reads: PCI functions under
 ``sys/devices/pci<domain>:<bus>/<BDF>`` linked from ``sys/bus/pci/devices``,
 drivers under ``sys/bus/pci/drivers``, IOMMU groups under
 ``sys/kernel/iommu_groups``, mdev parents under ``sys/class/mdev_bus``.
 
 Plain files cannot react to writes as sysfs attributes do, so the kernel's
-reactions are explicit: :meth:`FakeSysfs.install` routes pyvfio's sysfs
-writes to :meth:`FakeSysfs.write`, which records them in
-:attr:`FakeSysfs.writes` and, like the kernel's store functions, binds on
+reactions are explicit: as the backend of pyvfio.core.syscalls it answers sysfs
+writes to :meth:`SysfsTree.write`, which records them in
+:attr:`SysfsTree.writes` and, like the kernel's store functions, binds on
 ``drivers_probe`` (honouring ``driver_override``), unbinds, adds dynamic IDs,
 creates and destroys VFs and mdevs, and fails with the kernel's errno where
-the kernel would.  :meth:`FakeSysfs.modprobe` stands in for loading a module.
+the kernel would.  :meth:`SysfsTree.modprobe` stands in for loading a module.
 """
 from __future__ import annotations
 
@@ -22,12 +22,11 @@ import shutil
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.core.sysfs import Host, use_host
 from pyvfio.pci import PciAddress
 
-__all__ = ["FakeSysfs"]
+__all__ = ["SysfsTree"]
 
 Ids = Tuple[int, int]
 
@@ -36,10 +35,14 @@ def _fail(err: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-class FakeSysfs(syscalls.Kernel):
-    """A fake sysfs tree under ``root/sys`` and device nodes under ``root/dev``."""
+class SysfsTree(syscalls.Kernel):
+    """A fake sysfs tree under ``root/sys`` and device nodes under ``root/dev``.
 
-    def __init__(self, root: os.PathLike) -> None:
+    On its own it is a :mod:`pyvfio.core.syscalls` backend (:meth:`installed`)
+    for tests of sysfs alone; inside the mock kernel it is the pci family's tree.
+    """
+
+    def __init__(self, root: "os.PathLike[str] | str") -> None:
         super().__init__()
         self.root = Path(root)
         self.sys = self.root / "sys"
@@ -83,7 +86,7 @@ class FakeSysfs(syscalls.Kernel):
         return Host(sysfs=self.sysfs, dev=self.devroot)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["FakeSysfs"]:
+    def installed(self) -> Iterator["SysfsTree"]:
         """Make this tree the host, and this stand-in kernel answer sysfs writes and modprobe."""
         with syscalls.use(self), use_host(self.host):
             yield self
@@ -94,14 +97,18 @@ class FakeSysfs(syscalls.Kernel):
 
     # ----------------------------------------------------------------- small helpers
     @staticmethod
-    def _put(path: Path, text: str) -> None:
+    def put(path: "os.PathLike[str] | str", text: str) -> None:
+        """Create (or replace) the file ``path`` holding ``text``, with its directories."""
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 
     @staticmethod
-    def _link(link: Path, target: Path) -> None:
+    def link(link: "os.PathLike[str] | str", target: "os.PathLike[str] | str") -> None:
+        """A relative symlink ``link`` -> ``target`` (both absolute), replacing one there."""
+        link = Path(link)
         link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink():
+        if link.is_symlink() or link.is_file():
             link.unlink()
         link.symlink_to(os.path.relpath(target, link.parent))
 
@@ -142,15 +149,15 @@ class FakeSysfs(syscalls.Kernel):
         """IOMMU group ``number``; ``name="vfio-noiommu"`` makes it a no-IOMMU group."""
         path = self.sys / "kernel/iommu_groups" / str(number)
         (path / "devices").mkdir(parents=True, exist_ok=True)
-        self._put(path / "type", "DMA\n")
+        self.put(path / "type", "DMA\n")
         if name is not None:
-            self._put(path / "name", name + "\n")
+            self.put(path / "name", name + "\n")
         return path
 
     def _join_group(self, devdir: Path, number: int) -> None:
         group = self.add_group(number)
-        self._link(devdir / "iommu_group", group)
-        self._link(group / "devices" / devdir.name, devdir)
+        self.link(devdir / "iommu_group", group)
+        self.link(group / "devices" / devdir.name, devdir)
 
     def _new_group_number(self) -> int:
         used = [int(p.name) for p in (self.sys / "kernel/iommu_groups").iterdir()]
@@ -173,7 +180,7 @@ class FakeSysfs(syscalls.Kernel):
         name = str(addr)
         devdir = self.sys / "devices" / f"pci{addr.domain:04x}:{addr.bus:02x}" / name
         devdir.mkdir(parents=True)
-        self._link(self.sys / "bus/pci/devices" / name, devdir)
+        self.link(self.sys / "bus/pci/devices" / name, devdir)
         sub_vendor = vendor if subsystem_vendor is None else subsystem_vendor
         files = {
             "vendor": f"0x{vendor:04x}\n", "device": f"0x{device:04x}\n",
@@ -184,9 +191,9 @@ class FakeSysfs(syscalls.Kernel):
             "enable": "0\n", "remove": "", "reset": "",
         }
         for attr, text in files.items():
-            self._put(devdir / attr, text)
+            self.put(devdir / attr, text)
         lines = list(resources) + [(0, 0, 0)] * (13 - len(resources))
-        self._put(devdir / "resource",
+        self.put(devdir / "resource",
                   "".join(f"0x{s:016x} 0x{e:016x} 0x{f:016x}\n" for s, e, f in lines))
         config = bytearray(64)
         config[0:4] = vendor.to_bytes(2, "little") + device.to_bytes(2, "little")
@@ -198,8 +205,8 @@ class FakeSysfs(syscalls.Kernel):
             for attr, number in (("sriov_totalvfs", totalvfs), ("sriov_numvfs", 0),
                                  ("sriov_offset", vf_offset), ("sriov_stride", vf_stride),
                                  ("sriov_drivers_autoprobe", 1)):
-                self._put(devdir / attr, f"{number}\n")
-            self._put(devdir / "sriov_vf_device", f"{vf_device:x}\n")
+                self.put(devdir / attr, f"{number}\n")
+            self.put(devdir / "sriov_vf_device", f"{vf_device:x}\n")
             self._vf[name] = {"offset": vf_offset, "stride": vf_stride, "device": vf_device}
         if group is not None:
             self._join_group(devdir, group)
@@ -215,9 +222,9 @@ class FakeSysfs(syscalls.Kernel):
         if number is None:
             number = self._cdev_next
         self._cdev_next = max(self._cdev_next, number + 1)
-        self._put(devdir / "vfio-dev" / f"vfio{number}" / "dev", f"511:{number}\n")
+        self.put(devdir / "vfio-dev" / f"vfio{number}" / "dev", f"511:{number}\n")
         node = self.dev / "vfio/devices" / f"vfio{number}"
-        self._put(node, "")
+        self.put(node, "")
         return str(node)
 
     def refuse(self, driver: str, bdf: str) -> None:
@@ -240,19 +247,19 @@ class FakeSysfs(syscalls.Kernel):
         else:
             devdir = self.sys / "devices/virtual" / name / name
             devdir.mkdir(parents=True)
-        self._link(self.sys / "class/mdev_bus" / name, devdir)
+        self.link(self.sys / "class/mdev_bus" / name, devdir)
         (self.sys / "bus/mdev/drivers" / driver).mkdir(parents=True, exist_ok=True)
         for type_id, info in types.items():
             tdir = devdir / "mdev_supported_types" / type_id
             (tdir / "devices").mkdir(parents=True)
             if info.get("name") is not None:
-                self._put(tdir / "name", f"{info['name']}\n")
+                self.put(tdir / "name", f"{info['name']}\n")
             if info.get("description") is not None:
-                self._put(tdir / "description", f"{info['description']}\n")
-            self._put(tdir / "device_api", f"{info.get('device_api', 'vfio-pci')}\n")
-            self._put(tdir / "available_instances", f"{info.get('available', 1)}\n")
-            self._put(tdir / "create", "")
-            self._put(tdir / "mdev_driver", f"{driver}\n")
+                self.put(tdir / "description", f"{info['description']}\n")
+            self.put(tdir / "device_api", f"{info.get('device_api', 'vfio-pci')}\n")
+            self.put(tdir / "available_instances", f"{info.get('available', 1)}\n")
+            self.put(tdir / "create", "")
+            self.put(tdir / "mdev_driver", f"{driver}\n")
         return devdir
 
     # ----------------------------------------------------------------- the stand-in kernel
@@ -323,8 +330,8 @@ class FakeSysfs(syscalls.Kernel):
         return self._ids_of(devdir) in self._ids.get(driver, set())
 
     def _attach(self, devdir: Path, driver: str) -> None:
-        self._link(devdir / "driver", self.driver_dir(driver))
-        self._link(self.driver_dir(driver) / devdir.name, devdir)
+        self.link(devdir / "driver", self.driver_dir(driver))
+        self.link(self.driver_dir(driver) / devdir.name, devdir)
 
     def _detach(self, devdir: Path) -> None:
         link = devdir / "driver"
@@ -424,8 +431,8 @@ class FakeSysfs(syscalls.Kernel):
             vfdir = self.add_device(str(vf), vendor, info["device"],
                                     class_code=int((pfdir / "class").read_text(), 16),
                                     group=self._new_group_number())
-            self._link(vfdir / "physfn", pfdir)
-            self._link(pfdir / f"virtfn{i}", vfdir)
+            self.link(vfdir / "physfn", pfdir)
+            self.link(pfdir / f"virtfn{i}", vfdir)
             self._probe_one(vfdir)  # sriov_drivers_autoprobe
 
     def _remove_vfs(self, pfdir: Path) -> None:
@@ -464,12 +471,12 @@ class FakeSysfs(syscalls.Kernel):
         parent = tdir.parent.parent
         mdir = parent / name
         mdir.mkdir()
-        self._link(mdir / "mdev_type", tdir)
-        self._put(mdir / "remove", "")
-        self._link(self.sys / "bus/mdev/devices" / name, mdir)
-        self._link(tdir / "devices" / name, mdir)
+        self.link(mdir / "mdev_type", tdir)
+        self.put(mdir / "remove", "")
+        self.link(self.sys / "bus/mdev/devices" / name, mdir)
+        self.link(tdir / "devices" / name, mdir)
         driver = (tdir / "mdev_driver").read_text().strip()
-        self._link(mdir / "driver", self.sys / "bus/mdev/drivers" / driver)
+        self.link(mdir / "driver", self.sys / "bus/mdev/drivers" / driver)
         self._join_group(mdir, self._new_group_number())
         (tdir / "available_instances").write_text(f"{available - 1}\n")
 

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.mock.pin import Pin
-from pyvfio.mock._util import (PAGE_SIZE, U64_MAX, ULONG_MAX, Translation, copy_args, copy_from_user,
+from pyvfio.mock.core.caps import dma_avail_cap, iova_range_cap, link_caps
+from pyvfio.mock.core.uaccess import (PAGE_SIZE, U64_MAX, ULONG_MAX, Translation, copy_args, copy_from_user,
                     copy_to_user, fail, field_end, pages_spanned, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyvfio.mock.kernel import Group, MockKernel
+    from pyvfio.mock.vfio.subsystem import Group
+    from pyvfio.mock.core.family import KernelState as MockKernel
 
 __all__ = ["Type1Iommu", "DIRTY_BITMAP_SIZE_MAX"]
 
@@ -51,7 +53,7 @@ class Type1Iommu:
         self.v2 = iommu_type != lib.VFIO_TYPE1_IOMMU
         self.groups: List["Group"] = []
         self.dmas: List[_Dma] = []          # sorted by iova
-        self.dma_avail = kernel.dma_entry_limit
+        self.dma_avail = kernel.vfio.dma_entry_limit
         self.dirty_tracking = False
 
     # -- probing (driver->ops->ioctl(NULL, VFIO_CHECK_EXTENSION, arg)) --------------------------
@@ -64,7 +66,7 @@ class Type1Iommu:
         if arg == lib.VFIO_UPDATE_VADDR:
             return 1 if iommu is not None else 0
         if arg == lib.VFIO_DMA_CC_IOMMU:
-            return 1 if iommu is not None and kernel.cache_coherent else 0
+            return 1 if iommu is not None and kernel.iommu.cache_coherent else 0
         return 0
 
     # -- groups --------------------------------------------------------------------------
@@ -75,7 +77,7 @@ class Type1Iommu:
         if group.noiommu:
             raise fail(errno.EINVAL)
         # a new domain's aperture and reserved regions must not cut existing mappings
-        ranges = self.kernel.iova_ranges()
+        ranges = self.kernel.iommu.iova_ranges()
         for dma in self.dmas:
             if not any(lo <= dma.iova and dma.end - 1 <= hi for lo, hi in ranges):
                 raise fail(errno.EINVAL)
@@ -95,13 +97,13 @@ class Type1Iommu:
         for dma in self.dmas:
             self._unaccount(dma)
         self.dmas = []
-        self.dma_avail = self.kernel.dma_entry_limit
+        self.dma_avail = self.kernel.vfio.dma_entry_limit
 
     # -- state ----------------------------------------------------------------------------
 
     @property
     def pgsize_bitmap(self) -> int:
-        bitmap = self.kernel.iova_pgsizes
+        bitmap = self.kernel.iommu.iova_pgsizes
         if bitmap & (PAGE_SIZE - 1):
             bitmap = (bitmap & ~(PAGE_SIZE - 1)) | PAGE_SIZE
         return bitmap
@@ -112,7 +114,7 @@ class Type1Iommu:
         return b & -b
 
     def iova_ranges(self) -> List[Tuple[int, int]]:
-        return self.kernel.iova_ranges() if self.groups else []
+        return self.kernel.iommu.iova_ranges() if self.groups else []
 
     def mappings(self) -> List[Tuple[int, int, int]]:
         """(iova, size, vaddr) of every mapping."""
@@ -127,11 +129,11 @@ class Type1Iommu:
         return None
 
     def _account(self, dma: _Dma) -> None:
-        self.kernel.accounting.charge(pages_spanned(dma.vaddr, dma.size), "mm")
+        self.kernel.process.accounting.charge(pages_spanned(dma.vaddr, dma.size), "mm")
 
     def _unaccount(self, dma: _Dma) -> None:
         dma.pin.release()
-        self.kernel.accounting.uncharge(pages_spanned(dma.vaddr, dma.size), "mm")
+        self.kernel.process.accounting.uncharge(pages_spanned(dma.vaddr, dma.size), "mm")
 
     # -- DMA translation ----------------------------------------------------------------------
 
@@ -354,46 +356,3 @@ class Type1Iommu:
 
     def close_summary(self) -> List[str]:
         return [f"type1 mapping iova {d.iova:#x} size {d.size:#x} vaddr {d.vaddr:#x}" for d in self.dmas]
-
-
-def dma_avail_cap(avail: int) -> bytes:
-    """VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL as the kernel writes it."""
-    cap = ffi.new("struct vfio_iommu_type1_info_dma_avail *")
-    cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL
-    cap.header.version = 1
-    cap.avail = avail
-    return bytes(ffi.buffer(cap))
-
-
-def iova_range_cap(ranges: List[Tuple[int, int]]) -> bytes:
-    """VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE listing inclusive (start, end) ranges."""
-    ctype = "struct vfio_iommu_type1_info_cap_iova_range"
-    size = ffi.sizeof(ctype) + len(ranges) * ffi.sizeof("struct vfio_iova_range")
-    buf = ffi.new("char[]", size)
-    cap = ffi.cast(ctype + " *", buf)
-    cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
-    cap.header.version = 1
-    cap.nr_iovas = len(ranges)
-    for i, (lo, hi) in enumerate(ranges):
-        cap.iova_ranges[i].start = lo
-        cap.iova_ranges[i].end = hi
-    return bytes(ffi.buffer(buf, size))
-
-
-def link_caps(chain: List[bytes], base: int) -> bytes:
-    """Concatenate capabilities (each padded to 8 bytes) and link their ``next`` fields.
-
-    ``base`` is the offset of the first one from the start of the info struct,
-    as vfio_info_cap_shift leaves them.
-    """
-    out = bytearray()
-    offsets = []
-    for cap in chain:
-        offsets.append(len(out))
-        padded = cap + bytes((-len(cap)) % 8)
-        out += padded
-    next_at = ffi.offsetof("struct vfio_info_cap_header", "next")
-    for i, off in enumerate(offsets):
-        nxt = base + offsets[i + 1] if i + 1 < len(offsets) else 0
-        out[off + next_at:off + next_at + 4] = nxt.to_bytes(4, "little")
-    return bytes(out)

@@ -12,12 +12,13 @@ import mmap as _mmap
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from pyvfio.core.uapi import ffi, lib
-from pyvfio.mock import edu as pci
-from pyvfio.mock._util import (PAGE_SIZE, EventFd, copy_args, copy_from_user, copy_to_user, copy_span, fail,
+from pyvfio.mock.pci.function import PciFunction
+from pyvfio.mock.core.uaccess import (PAGE_SIZE, EventFd, copy_args, copy_from_user, copy_to_user, copy_span, fail,
                     field_end, read_user, user_range_ok, write_user)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyvfio.mock.kernel import DeviceFile, Group, MockKernel
+    from pyvfio.mock.vfio.subsystem import DeviceFile, Group
+    from pyvfio.mock.core.family import KernelState as MockKernel
 
 __all__ = ["VfioPciDevice", "OFFSET_SHIFT"]
 
@@ -53,7 +54,7 @@ class _IoEventFd:
 class VfioPciDevice:
     """A PCI function bound to the mock vfio-pci, with its vfio state."""
 
-    def __init__(self, kernel: "MockKernel", model: pci.PciFunction, group: "Group",
+    def __init__(self, kernel: "MockKernel", model: PciFunction, group: "Group",
                  index: int) -> None:
         self.kernel = kernel
         self.model = model
@@ -92,7 +93,7 @@ class VfioPciDevice:
         if self.model.pcie_cap:
             return True
         m = self.model
-        return self.bus_resettable and len(self.kernel.functions_on_bus(m.segment, m.bus)) == 1
+        return self.bus_resettable and len(self.kernel.pci.functions_on_bus(m.segment, m.bus)) == 1
 
     @property
     def bus_resettable(self) -> bool:
@@ -104,24 +105,24 @@ class VfioPciDevice:
     def first_open(self) -> None:
         """vfio_pci_core_enable: enable decoding, reset, save state, build vconfig."""
         m = self.model
-        m.config_write(pci.PCI_COMMAND, 2, m.command | pci.PCI_COMMAND_MEMORY)
+        m.config_write(lib.PCI_COMMAND, 2, m.command | lib.PCI_COMMAND_MEMORY)
         if self.reset_works:
             self._reset_function()
         if m.intx_disabled:
-            m.config_write(pci.PCI_COMMAND, 2, m.command & ~pci.PCI_COMMAND_INTX_DISABLE)
+            m.config_write(lib.PCI_COMMAND, 2, m.command & ~lib.PCI_COMMAND_INTX_DISABLE)
         self.saved_config = bytes(m.config)
         self.vconfig = bytearray(m.config)
         self.bardirty = True
         self.virq_disabled = False
         self.irq_type = None
         if m.msi_cap:
-            self.msi_qmax = (m.config_read(m.msi_cap + pci.PCI_MSI_FLAGS, 2) & pci.PCI_MSI_FLAGS_QMASK) >> 1
+            self.msi_qmax = (m.config_read(m.msi_cap + lib.PCI_MSI_FLAGS, 2) & lib.PCI_MSI_FLAGS_QMASK) >> 1
         self.pm_engaged = False
 
     def last_close(self) -> None:
         """vfio_pci_core_disable: stop DMA, free IRQs, restore and (try to) reset."""
         m = self.model
-        m.config_write(pci.PCI_COMMAND, 2, m.command & ~pci.PCI_COMMAND_MASTER)
+        m.config_write(lib.PCI_COMMAND, 2, m.command & ~lib.PCI_COMMAND_MASTER)
         self._disable_irqs()
         for ev in (self.err_trigger, self.req_trigger, self.pm_wake):
             if ev is not None:
@@ -132,12 +133,12 @@ class VfioPciDevice:
         self.ioeventfds = []
         self.virq_disabled = False
         self.pm_engaged = False
-        m.config_write(pci.PCI_COMMAND, 2, pci.PCI_COMMAND_INTX_DISABLE)
+        m.config_write(lib.PCI_COMMAND, 2, lib.PCI_COMMAND_INTX_DISABLE)
         if self.reset_works:
             m.function_reset()
         if self.saved_config is not None:
             m.config[:] = self.saved_config
-        m.config_write(pci.PCI_COMMAND, 2, m.command & ~pci.PCI_COMMAND_MASTER)
+        m.config_write(lib.PCI_COMMAND, 2, m.command & ~lib.PCI_COMMAND_MASTER)
         self.saved_config = None
 
     def _reset_function(self) -> None:
@@ -147,8 +148,8 @@ class VfioPciDevice:
         m.function_reset()
         m.config[:] = saved
         if m.msi_enabled:
-            m.config_write(m.msi_cap + pci.PCI_MSI_FLAGS, 2,
-                           m.config_read(m.msi_cap + pci.PCI_MSI_FLAGS, 2))
+            m.config_write(m.msi_cap + lib.PCI_MSI_FLAGS, 2,
+                           m.config_read(m.msi_cap + lib.PCI_MSI_FLAGS, 2))
         self.intx_changed()
 
     # -- ioctl ----------------------------------------------------------------------------
@@ -245,12 +246,12 @@ class VfioPciDevice:
         """vfio_pci_get_irq_count."""
         m = self.model
         if index == INTX:
-            return 1 if m.config_read(pci.PCI_INTERRUPT_PIN, 1) else 0
+            return 1 if m.config_read(lib.PCI_INTERRUPT_PIN, 1) else 0
         if index == MSI:
             if not m.msi_cap:
                 return 0
-            flags = m.config_read(m.msi_cap + pci.PCI_MSI_FLAGS, 2)
-            return 1 << ((flags & pci.PCI_MSI_FLAGS_QMASK) >> 1)
+            flags = m.config_read(m.msi_cap + lib.PCI_MSI_FLAGS, 2)
+            return 1 << ((flags & lib.PCI_MSI_FLAGS_QMASK) >> 1)
         if index == MSIX:
             return 0
         if index == ERR:
@@ -456,9 +457,9 @@ class VfioPciDevice:
     def _phys_intx(self, enable: bool) -> None:
         m = self.model
         cmd = m.command
-        new = (cmd & ~pci.PCI_COMMAND_INTX_DISABLE) if enable else (cmd | pci.PCI_COMMAND_INTX_DISABLE)
+        new = (cmd & ~lib.PCI_COMMAND_INTX_DISABLE) if enable else (cmd | lib.PCI_COMMAND_INTX_DISABLE)
         if new != cmd:
-            m.config_write(pci.PCI_COMMAND, 2, new)
+            m.config_write(lib.PCI_COMMAND, 2, new)
 
     def _intx_enable(self, trigger: Optional[EventFd]) -> None:
         if self.irq_type is not None:
@@ -520,11 +521,11 @@ class VfioPciDevice:
         self.irq_type = MSI
         self.msi_nvec = nvec
         self.msi_qmax = max(0, (nvec * 2 - 1).bit_length() - 1)
-        flags = m.config_read(m.msi_cap + pci.PCI_MSI_FLAGS, 2)
-        m.config_write(m.msi_cap + pci.PCI_MSI_ADDRESS_LO, 4, 0xFEE00000)
-        m.config_write(m.msi_cap + pci.PCI_MSI_DATA_64, 2, 0x4020 + self.index)
-        m.config_write(m.msi_cap + pci.PCI_MSI_FLAGS, 2,
-                       (flags & ~pci.PCI_MSI_FLAGS_QSIZE) | (self.msi_qmax << 4) | pci.PCI_MSI_FLAGS_ENABLE)
+        flags = m.config_read(m.msi_cap + lib.PCI_MSI_FLAGS, 2)
+        m.config_write(m.msi_cap + lib.PCI_MSI_ADDRESS_LO, 4, 0xFEE00000)
+        m.config_write(m.msi_cap + lib.PCI_MSI_DATA_64, 2, 0x4020 + self.index)
+        m.config_write(m.msi_cap + lib.PCI_MSI_FLAGS, 2,
+                       (flags & ~lib.PCI_MSI_FLAGS_QSIZE) | (self.msi_qmax << 4) | lib.PCI_MSI_FLAGS_ENABLE)
 
     def _msi_set_block(self, start: int, fds: List[int]) -> None:
         done = start
@@ -549,8 +550,8 @@ class VfioPciDevice:
             trig.put()
         self.msi_triggers = {}
         m = self.model
-        flags = m.config_read(m.msi_cap + pci.PCI_MSI_FLAGS, 2)
-        m.config_write(m.msi_cap + pci.PCI_MSI_FLAGS, 2, flags & ~pci.PCI_MSI_FLAGS_ENABLE)
+        flags = m.config_read(m.msi_cap + lib.PCI_MSI_FLAGS, 2)
+        m.config_write(m.msi_cap + lib.PCI_MSI_FLAGS, 2, flags & ~lib.PCI_MSI_FLAGS_ENABLE)
         self.irq_type = None
         self.msi_nvec = 0
 
@@ -576,7 +577,7 @@ class VfioPciDevice:
         return 0
 
     def _bus_functions(self) -> List[Any]:
-        return self.kernel.functions_on_bus(self.model.segment, self.model.bus)
+        return self.kernel.pci.functions_on_bus(self.model.segment, self.model.bus)
 
     def _hot_reset_info(self, addr: int) -> int:
         ctype = "struct vfio_pci_hot_reset_info"
@@ -598,7 +599,7 @@ class VfioPciDevice:
             flags = lib.VFIO_PCI_HOT_RESET_FLAG_DEV_ID | lib.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED
         for i, f in enumerate(funcs):
             if flags & lib.VFIO_PCI_HOT_RESET_FLAG_DEV_ID:
-                vdev = self.kernel.vfio_device(f.bdf)
+                vdev = self.kernel.vfio.vfio_device(f.bdf)
                 devid = lib.VFIO_PCI_DEVID_NOT_OWNED
                 if vdev is not None:
                     devid = vdev.devid_for(self.iommufd)
@@ -639,11 +640,11 @@ class VfioPciDevice:
             raw = read_user(addr + ffi.offsetof(ctype, "group_fds"), 4 * hdr.count)
             for i in range(hdr.count):
                 fd = int.from_bytes(raw[4 * i:4 * i + 4], "little", signed=True)
-                group = self.kernel.group_of_fd(fd)
+                group = self.kernel.vfio.group_of_fd(fd)
                 groups.append(group)
         vdevs = []
         for f in funcs:
-            vdev = self.kernel.vfio_device(f.bdf)
+            vdev = self.kernel.vfio.vfio_device(f.bdf)
             if vdev is None:            # a function bound to a host driver: not resettable by us
                 raise fail(errno.EINVAL)
             if hdr.count:
@@ -758,7 +759,7 @@ class VfioPciDevice:
             self.intx_unmask_from_eventfd()
         for ioev in list(self.ioeventfds):
             if ioev.efd.consume() and self._memory_enabled():
-                self.model.mmio_write(ioev.bar, ioev.pos, ioev.count,
+                self.model.bus_write(ioev.bar, ioev.pos, ioev.count,
                                       ioev.data & ((1 << (8 * ioev.count)) - 1))
 
     def intx_unmask_from_eventfd(self) -> None:
@@ -785,8 +786,8 @@ class VfioPciDevice:
         return self._bar_rw(index, pos, size, data)
 
     def _memory_enabled(self) -> bool:
-        return bool(int.from_bytes(self.vconfig[pci.PCI_COMMAND:pci.PCI_COMMAND + 2], "little")
-                    & pci.PCI_COMMAND_MEMORY) and not self.pm_engaged
+        return bool(int.from_bytes(self.vconfig[lib.PCI_COMMAND:lib.PCI_COMMAND + 2], "little")
+                    & lib.PCI_COMMAND_MEMORY) and not self.pm_engaged
 
     def _chunks(self, pos: int, count: int, widest: int) -> List[Tuple[int, int]]:
         out = []
@@ -806,15 +807,15 @@ class VfioPciDevice:
         count = min(size, spec.size - pos)
         if not self._memory_enabled():
             raise fail(errno.EIO)
-        chunks = self._chunks(pos, count, self.kernel.max_io_width)
+        chunks = self._chunks(pos, count, self.kernel.vfio.max_io_width)
         if data is None:
             out = bytearray()
             for off, width in chunks:
-                out += self.model.mmio_read(bar, off, width).to_bytes(width, "little")
+                out += self.model.bus_read(bar, off, width).to_bytes(width, "little")
             return bytes(out)
         for off, width in chunks:
             rel = off - pos
-            self.model.mmio_write(bar, off, width, int.from_bytes(data[rel:rel + width], "little"))
+            self.model.bus_write(bar, off, width, int.from_bytes(data[rel:rel + width], "little"))
         return count
 
     def mmap(self, length: int, prot: int, flags: int, offset: int) -> _mmap.mmap:
@@ -851,19 +852,19 @@ class VfioPciDevice:
             virt[off:off + size] = v.to_bytes(size, "little")
             write[off:off + size] = w.to_bytes(size, "little")
 
-        setp(pci.PCI_VENDOR_ID, 2, 0xFFFF, 0)
-        setp(pci.PCI_DEVICE_ID, 2, 0xFFFF, 0)
-        setp(pci.PCI_COMMAND, 2, pci.PCI_COMMAND_INTX_DISABLE, 0xFFFF)
-        setp(pci.PCI_STATUS, 2, pci.PCI_STATUS_CAP_LIST, 0)
-        setp(pci.PCI_CACHE_LINE_SIZE, 1, 0, 0xFF)
-        setp(pci.PCI_LATENCY_TIMER, 1, 0, 0xFF)
+        setp(lib.PCI_VENDOR_ID, 2, 0xFFFF, 0)
+        setp(lib.PCI_DEVICE_ID, 2, 0xFFFF, 0)
+        setp(lib.PCI_COMMAND, 2, lib.PCI_COMMAND_INTX_DISABLE, 0xFFFF)
+        setp(lib.PCI_STATUS, 2, lib.PCI_STATUS_CAP_LIST, 0)
+        setp(lib.PCI_CACHE_LINE_SIZE, 1, 0, 0xFF)
+        setp(lib.PCI_LATENCY_TIMER, 1, 0, 0xFF)
         setp(0x0F, 1, 0, 0xFF)                                  # BIST
-        for off in range(pci.PCI_BASE_ADDRESS_0, pci.PCI_BASE_ADDRESS_0 + 24, 4):
+        for off in range(lib.PCI_BASE_ADDRESS_0, lib.PCI_BASE_ADDRESS_0 + 24, 4):
             setp(off, 4, 0xFFFFFFFF, 0xFFFFFFFF)
-        setp(pci.PCI_ROM_ADDRESS, 4, 0xFFFFFFFF, 0xFFFFFFFF)
-        setp(pci.PCI_CAPABILITY_LIST, 1, 0xFF, 0)
-        setp(pci.PCI_INTERRUPT_LINE, 1, 0xFF, 0xFF)
-        setp(pci.PCI_INTERRUPT_PIN, 1, 0xFF, 0)
+        setp(lib.PCI_ROM_ADDRESS, 4, 0xFFFFFFFF, 0xFFFFFFFF)
+        setp(lib.PCI_CAPABILITY_LIST, 1, 0xFF, 0)
+        setp(lib.PCI_INTERRUPT_LINE, 1, 0xFF, 0xFF)
+        setp(lib.PCI_INTERRUPT_PIN, 1, 0xFF, 0)
         # bytes outside the header and the known capabilities pass through raw
         for off in range(0x40, n):
             write[off] = 0xFF
@@ -871,15 +872,15 @@ class VfioPciDevice:
             c = m.msi_cap
             setp(c, 14, 0, 0)
             setp(c + 1, 1, 0xFF, 0)
-            setp(c + pci.PCI_MSI_FLAGS, 1, 0xFF, 0xFF)
-            setp(c + pci.PCI_MSI_ADDRESS_LO, 4, 0xFFFFFFFF, 0xFFFFFFFF)
-            setp(c + pci.PCI_MSI_ADDRESS_HI, 4, 0xFFFFFFFF, 0xFFFFFFFF)
-            setp(c + pci.PCI_MSI_DATA_64, 2, 0xFFFF, 0xFFFF)
+            setp(c + lib.PCI_MSI_FLAGS, 1, 0xFF, 0xFF)
+            setp(c + lib.PCI_MSI_ADDRESS_LO, 4, 0xFFFFFFFF, 0xFFFFFFFF)
+            setp(c + lib.PCI_MSI_ADDRESS_HI, 4, 0xFFFFFFFF, 0xFFFFFFFF)
+            setp(c + lib.PCI_MSI_DATA_64, 2, 0xFFFF, 0xFFFF)
         if m.pcie_cap:
             c = m.pcie_cap
             setp(c, 0x3C, 0, 0)
             setp(c + 1, 1, 0xFF, 0)
-            setp(c + pci.PCI_EXP_DEVCTL, 2, pci.PCI_EXP_DEVCTL_BCR_FLR, 0xFFFF)
+            setp(c + lib.PCI_EXP_DEVCTL, 2, lib.PCI_EXP_DEVCTL_BCR_FLR, 0xFFFF)
         self._virt = bytes(virt)
         self._write = bytes(write)
 
@@ -889,7 +890,7 @@ class VfioPciDevice:
         m = self.model
         i = 0
         while i < 6:
-            off = pci.PCI_BASE_ADDRESS_0 + 4 * i
+            off = lib.PCI_BASE_ADDRESS_0 + 4 * i
             spec = m.bars.get(i)
             if spec is None:
                 self.vconfig[off:off + 4] = bytes(4)
@@ -904,7 +905,7 @@ class VfioPciDevice:
                 self.vconfig[off + 4:off + 8] = hi.to_bytes(4, "little")
                 i += 1
             i += 1
-        self.vconfig[pci.PCI_ROM_ADDRESS:pci.PCI_ROM_ADDRESS + 4] = bytes(4)
+        self.vconfig[lib.PCI_ROM_ADDRESS:lib.PCI_ROM_ADDRESS + 4] = bytes(4)
         self.bardirty = False
 
     def _config_rw(self, pos: int, size: int, data: Optional[bytes]) -> Any:
@@ -922,11 +923,11 @@ class VfioPciDevice:
 
     def _config_read_chunk(self, off: int, width: int) -> bytes:
         m = self.model
-        if off < pci.PCI_ROM_ADDRESS + 4 and off + width > pci.PCI_BASE_ADDRESS_0:
+        if off < lib.PCI_ROM_ADDRESS + 4 and off + width > lib.PCI_BASE_ADDRESS_0:
             self._bar_fixup()
-        if m.msi_cap and off <= m.msi_cap + pci.PCI_MSI_FLAGS < off + width:
-            f = m.msi_cap + pci.PCI_MSI_FLAGS
-            self.vconfig[f] = (self.vconfig[f] & ~pci.PCI_MSI_FLAGS_QMASK) | (self.msi_qmax << 1)
+        if m.msi_cap and off <= m.msi_cap + lib.PCI_MSI_FLAGS < off + width:
+            f = m.msi_cap + lib.PCI_MSI_FLAGS
+            self.vconfig[f] = (self.vconfig[f] & ~lib.PCI_MSI_FLAGS_QMASK) | (self.msi_qmax << 1)
         phys = m.config_read(off, width).to_bytes(width, "little")
         return bytes((self.vconfig[off + i] & self._virt[off + i]) | (phys[i] & ~self._virt[off + i] & 0xFF)
                      for i in range(width))
@@ -944,28 +945,28 @@ class VfioPciDevice:
             new = (cur & ~phys_bits) | (int.from_bytes(val, "little") & phys_bits)
             m.config_write(off, width, new)
         end = off + width
-        if off < pci.PCI_COMMAND + 2 and end > pci.PCI_COMMAND:
-            self._command_written(int.from_bytes(val, "little") >> (8 * (pci.PCI_COMMAND - off))
-                                  if off <= pci.PCI_COMMAND else None)
-        if off < pci.PCI_ROM_ADDRESS + 4 and end > pci.PCI_BASE_ADDRESS_0:
+        if off < lib.PCI_COMMAND + 2 and end > lib.PCI_COMMAND:
+            self._command_written(int.from_bytes(val, "little") >> (8 * (lib.PCI_COMMAND - off))
+                                  if off <= lib.PCI_COMMAND else None)
+        if off < lib.PCI_ROM_ADDRESS + 4 and end > lib.PCI_BASE_ADDRESS_0:
             self.bardirty = True
-        if m.msi_cap and off <= m.msi_cap + pci.PCI_MSI_FLAGS < end:
+        if m.msi_cap and off <= m.msi_cap + lib.PCI_MSI_FLAGS < end:
             self._msi_flags_written()
-        c = m.pcie_cap + pci.PCI_EXP_DEVCTL
+        c = m.pcie_cap + lib.PCI_EXP_DEVCTL
         if m.pcie_cap and off <= c + 1 and end > c:
             ctl = int.from_bytes(self.vconfig[c:c + 2], "little")
-            if ctl & pci.PCI_EXP_DEVCTL_BCR_FLR:
-                self.vconfig[c:c + 2] = (ctl & ~pci.PCI_EXP_DEVCTL_BCR_FLR).to_bytes(2, "little")
-                if m.config_read(m.pcie_cap + pci.PCI_EXP_DEVCAP, 4) & pci.PCI_EXP_DEVCAP_FLR:
+            if ctl & lib.PCI_EXP_DEVCTL_BCR_FLR:
+                self.vconfig[c:c + 2] = (ctl & ~lib.PCI_EXP_DEVCTL_BCR_FLR).to_bytes(2, "little")
+                if m.config_read(m.pcie_cap + lib.PCI_EXP_DEVCAP, 4) & lib.PCI_EXP_DEVCAP_FLR:
                     self._reset_function()
 
     def _command_written(self, value: Optional[int]) -> None:
-        cmd = int.from_bytes(self.vconfig[pci.PCI_COMMAND:pci.PCI_COMMAND + 2], "little")
+        cmd = int.from_bytes(self.vconfig[lib.PCI_COMMAND:lib.PCI_COMMAND + 2], "little")
         if value is not None:       # mirror memory/io enables in vconfig, as vfio does
-            mask = pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_IO
+            mask = lib.PCI_COMMAND_MEMORY | lib.PCI_COMMAND_IO
             cmd = (cmd & ~mask) | (value & mask)
-            self.vconfig[pci.PCI_COMMAND:pci.PCI_COMMAND + 2] = cmd.to_bytes(2, "little")
-        disabled = bool(cmd & pci.PCI_COMMAND_INTX_DISABLE)
+            self.vconfig[lib.PCI_COMMAND:lib.PCI_COMMAND + 2] = cmd.to_bytes(2, "little")
+        disabled = bool(cmd & lib.PCI_COMMAND_INTX_DISABLE)
         if disabled and not self.virq_disabled:
             self.virq_disabled = True
             self.intx_mask()
@@ -975,15 +976,15 @@ class VfioPciDevice:
 
     def _msi_flags_written(self) -> None:
         m = self.model
-        f = m.msi_cap + pci.PCI_MSI_FLAGS
+        f = m.msi_cap + lib.PCI_MSI_FLAGS
         flags = int.from_bytes(self.vconfig[f:f + 2], "little")
         phys = m.config_read(f, 2)
         flags = (flags & 0xFF) | (phys & 0xFF00)
         if self.irq_type != MSI:
-            flags &= ~pci.PCI_MSI_FLAGS_ENABLE
-        mmc = (phys & pci.PCI_MSI_FLAGS_QMASK) >> 1
-        if (flags & pci.PCI_MSI_FLAGS_QSIZE) >> 4 > mmc:
-            flags = (flags & ~pci.PCI_MSI_FLAGS_QSIZE) | (mmc << 4)
+            flags &= ~lib.PCI_MSI_FLAGS_ENABLE
+        mmc = (phys & lib.PCI_MSI_FLAGS_QMASK) >> 1
+        if (flags & lib.PCI_MSI_FLAGS_QSIZE) >> 4 > mmc:
+            flags = (flags & ~lib.PCI_MSI_FLAGS_QSIZE) | (mmc << 4)
         self.vconfig[f] = flags & 0xFF
         m.config_write(f, 2, flags)
 

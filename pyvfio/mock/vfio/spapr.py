@@ -21,11 +21,12 @@ import errno
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from pyvfio.core.uapi import lib
-from pyvfio.mock._util import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_args, copy_from_user,
+from pyvfio.mock.core.uaccess import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_args, copy_from_user,
                     copy_to_user, fail, field_end, user_range_ok)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyvfio.mock.kernel import Group, MockKernel
+    from pyvfio.mock.vfio.subsystem import Group
+    from pyvfio.mock.core.family import KernelState as MockKernel
 
 __all__ = ["SpaprTceIommu", "MmIommuRegion", "DDW_BASE", "MAX_TABLES", "MAX_LEVELS", "TCE_PGSIZES"]
 
@@ -106,7 +107,7 @@ class SpaprTceIommu:
         if arg in (lib.VFIO_SPAPR_TCE_IOMMU, lib.VFIO_SPAPR_TCE_v2_IOMMU):
             return 1
         if arg == lib.VFIO_EEH:
-            return 1 if kernel.eeh else 0
+            return 1 if kernel.iommu.eeh else 0
         return 0
 
     # -- groups ---------------------------------------------------------------------------
@@ -159,24 +160,24 @@ class SpaprTceIommu:
         if not levels or levels > MAX_LEVELS:
             raise fail(errno.EINVAL)
         if (window_size & (window_size - 1) or window_size < (1 << page_shift)
-                or window_size > self.kernel.spapr_max_window):
+                or window_size > self.kernel.iommu.spapr_max_window):
             raise fail(errno.EINVAL)
-        bus_offset = DDW_BASE if num else self.kernel.spapr_dma32[0]
+        bus_offset = DDW_BASE if num else self.kernel.iommu.spapr_dma32[0]
         tbl = _Table(num, page_shift, bus_offset, window_size, levels)
-        self.kernel.accounting.charge(tbl.pages, "mm")
+        self.kernel.process.accounting.charge(tbl.pages, "mm")
         self.tables[num] = tbl
         return tbl.start
 
     def _free_table(self, tbl: _Table) -> None:
         self._clear(tbl, tbl.offset, tbl.size)
-        self.kernel.accounting.uncharge(tbl.pages, "mm")
+        self.kernel.process.accounting.uncharge(tbl.pages, "mm")
 
     def _create_default_window(self) -> None:
         if not self.def_window_pending:
             return
         if not self.groups:
             raise fail(errno.ENODEV)
-        self._create_window(12, self.kernel.spapr_dma32[1], 1)
+        self._create_window(12, self.kernel.iommu.spapr_dma32[1], 1)
         self.def_window_pending = False
 
     def _clear(self, tbl: _Table, entry: int, pages: int) -> None:
@@ -194,11 +195,11 @@ class SpaprTceIommu:
             raise fail(errno.EBUSY)
         if not self.groups:
             raise fail(errno.ENODEV)
-        size = self.kernel.spapr_dma32[1]
+        size = self.kernel.iommu.spapr_dma32[1]
         if not size:
             raise fail(errno.EPERM)
         pages = size >> PAGE_SHIFT
-        self.kernel.accounting.charge(pages, "mm")
+        self.kernel.process.accounting.charge(pages, "mm")
         self.locked_pages = pages
         self.enabled = True
         return 0
@@ -207,11 +208,11 @@ class SpaprTceIommu:
         if not self.enabled:
             return
         self.enabled = False
-        self.kernel.accounting.uncharge(self.locked_pages, "mm")
+        self.kernel.process.accounting.uncharge(self.locked_pages, "mm")
         self.locked_pages = 0
 
     def _mm_get(self, ua: int, entries: int) -> Optional[MmIommuRegion]:
-        for mem in self.kernel.spapr_mm:
+        for mem in self.kernel.vfio.spapr_mm:
             if mem.ua == ua and mem.entries == entries:
                 mem.used += 1
                 return mem
@@ -227,8 +228,8 @@ class SpaprTceIommu:
             mem.used += 1
             return -errno.EBUSY
         mem.mapped = 0
-        self.kernel.spapr_mm.remove(mem)
-        self.kernel.accounting.uncharge(mem.entries, "mm")
+        self.kernel.vfio.spapr_mm.remove(mem)
+        self.kernel.process.accounting.uncharge(mem.entries, "mm")
         return 0
 
     def _register(self, vaddr: int, size: int) -> int:
@@ -241,16 +242,16 @@ class SpaprTceIommu:
                 self._mm_put(mem)
                 raise fail(errno.EBUSY)
         else:
-            self.kernel.accounting.charge(entries, "mm")
+            self.kernel.process.accounting.charge(entries, "mm")
             if not user_range_ok(vaddr, size, write=True):
-                self.kernel.accounting.uncharge(entries, "mm")
+                self.kernel.process.accounting.uncharge(entries, "mm")
                 raise fail(errno.EFAULT)
-            for other in self.kernel.spapr_mm:
+            for other in self.kernel.vfio.spapr_mm:
                 if other.ua < vaddr + size and vaddr < other.ua + other.size:
-                    self.kernel.accounting.uncharge(entries, "mm")
+                    self.kernel.process.accounting.uncharge(entries, "mm")
                     raise fail(errno.EINVAL)
             mem = MmIommuRegion(vaddr, entries)
-            self.kernel.spapr_mm.insert(0, mem)
+            self.kernel.vfio.spapr_mm.insert(0, mem)
         self.prereg.append(mem)
         self.enabled = True
         return 0
@@ -307,7 +308,7 @@ class SpaprTceIommu:
                 ua = m.vaddr + (i << tbl.page_shift)
                 mem = None
                 if self.v2:
-                    mem = next((r for r in self.kernel.spapr_mm if r.contains(ua, pgsize)), None)
+                    mem = next((r for r in self.kernel.vfio.spapr_mm if r.contains(ua, pgsize)), None)
                     if mem is None or tbl.page_shift > mem.pageshift:
                         raise fail(errno.EINVAL)
                 else:
@@ -421,7 +422,7 @@ class SpaprTceIommu:
         ctype = "struct vfio_iommu_spapr_tce_info"
         minsz = field_end(ctype, "dma32_window_size")
         info = copy_args(addr, ctype, "dma32_window_size")
-        start, size = self.kernel.spapr_dma32
+        start, size = self.kernel.iommu.spapr_dma32
         info.dma32_window_start = start
         info.dma32_window_size = size
         info.flags = 0

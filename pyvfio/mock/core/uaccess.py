@@ -1,4 +1,4 @@
-"""Helpers shared by the mock kernel: errors, user memory, struct copies.
+"""The mock kernel's side of user memory: errors, copies in and out, user eventfds.
 
 The mock reads and writes the caller's memory the way the kernel's
 ``copy_from_user``/``copy_to_user`` do, through :mod:`pyvfio.core.uapi`'s ``ffi``.
@@ -14,7 +14,7 @@ import mmap
 import os
 import select
 import sys
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 from pyvfio.core.uapi import ffi
 
@@ -237,34 +237,6 @@ def pages_spanned(addr: int, length: int) -> int:
     first = addr >> PAGE_SHIFT
     last = (addr + length - 1) >> PAGE_SHIFT
     return last - first + 1
-
-
-class Accounting:
-    """Locked-memory accounting of the (single) process the mock serves.
-
-    ``limit`` is RLIMIT_MEMLOCK in bytes, None for unlimited (as with
-    CAP_IPC_LOCK).  ``mm`` counts like ``mm->locked_vm`` (type1, sPAPR and
-    iommufd in MM mode), ``user`` like ``user->locked_vm`` (iommufd's default).
-    """
-
-    def __init__(self, limit: Optional[int]) -> None:
-        self.limit = limit
-        self.pages: Dict[str, int] = {"mm": 0, "user": 0}
-
-    def charge(self, npages: int, where: str = "mm") -> None:
-        """Account ``npages``; ENOMEM past the limit (nothing is charged then)."""
-        if npages <= 0:
-            return
-        if self.limit is not None and self.pages[where] + npages > (self.limit >> PAGE_SHIFT):
-            raise fail(errno.ENOMEM)
-        self.pages[where] += npages
-
-    def uncharge(self, npages: int, where: str = "mm") -> None:
-        self.pages[where] = max(0, self.pages[where] - max(0, npages))
-
-    @property
-    def locked_bytes(self) -> int:
-        return (self.pages["mm"] + self.pages["user"]) << PAGE_SHIFT
 
 
 def copy_span(translate: Any, iova: int, length: int,

@@ -1,0 +1,94 @@
+"""Closing a device that still has mappings, buffers and interrupts: clean, in the kernel's order.
+
+The mappings go while the IOMMU still exists (the group still attached to
+its container, the IOAS still alive), then the device, then the group and
+the container.  Every test checks that nothing leaks: file descriptors and
+process mappings are back to where they started.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pyvfio import errors
+from pyvfio.core import syscalls
+from pyvfio.core.memory import DmaBuffer
+from pyvfio.drivers.edu import Edu
+
+pytestmark = pytest.mark.device
+
+
+def test_with_block_ending_with_live_mappings_buffers_and_irqs(vfio_edu):
+    fds, maps = syscalls.open_fds(), syscalls.live_mappings()
+    buf = DmaBuffer(2 * 4096)
+    with vfio_edu.open() as dev:
+        edu = Edu(dev)
+        dev.msi.enable()
+        if dev.dma is not None:
+            m1 = dev.dma.map(buf, size=4096, dma_mask_bits=28)
+            m2 = dev.dma.map(buf, offset=4096, size=4096, dma_mask_bits=28)
+            assert len(dev.dma.mappings) == 2 and m1.iova != m2.iova
+        buf.write(0, b"live" * 16)
+        edu.to_device(dev.bus_address(buf), 64)
+        edu.raise_irq(0x1)
+        assert dev.msi.wait(timeout=10) == 1
+        edu.ack_irq(0x1)
+    # the block ended with two mappings, an enabled MSI and a mapped BAR
+    assert dev.closed
+    if dev.dma is not None:
+        assert dev.dma.closed and dev.dma.mappings == []
+    assert buf.spaces == set()
+    assert buf.read(0, 8) == b"livelive"          # the buffer outlives the device
+    buf.close()
+    assert syscalls.open_fds() == fds
+    assert syscalls.live_mappings() == maps
+
+
+def test_buffer_closed_inside_the_block_unmaps_itself(vfio_edu):
+    if vfio_edu.path == "noiommu":
+        pytest.skip("no I/O address space without an IOMMU")
+    fds, maps = syscalls.open_fds(), syscalls.live_mappings()
+    with vfio_edu.open() as dev:
+        with DmaBuffer(4096) as buf:
+            dev.dma.map(buf, dma_mask_bits=28)
+            assert len(dev.dma.mappings) == 1
+        assert dev.dma.mappings == []
+    assert syscalls.open_fds() == fds and syscalls.live_mappings() == maps
+
+
+def test_unmap_returns_the_bytes_unmapped(vfio_edu):
+    if vfio_edu.path == "noiommu":
+        pytest.skip("no I/O address space without an IOMMU")
+    with vfio_edu.open() as dev, DmaBuffer(3 * 4096) as buf:
+        m = dev.dma.map(buf, dma_mask_bits=28)
+        assert dev.dma.unmap(m) == 3 * 4096
+        assert dev.dma.mappings == []
+
+
+def test_unmap_inside_a_mapping_names_the_mapping(vfio_edu):
+    if vfio_edu.path == "noiommu":
+        pytest.skip("no I/O address space without an IOMMU")
+    with vfio_edu.open() as dev, DmaBuffer(2 * 4096) as buf:
+        m = dev.dma.map(buf, dma_mask_bits=28)
+        with pytest.raises(errors.IovaError) as ei:
+            dev.dma.unmap(m.iova + 4096)
+        assert f"IOVA {m.iova + 4096:#x} lies inside the mapping at {m.iova:#x}" in str(ei.value)
+        assert ei.value.remedy == f"unmap the whole mapping at IOVA {m.iova:#x}"
+        assert ei.value.device == dev.dma.name
+        assert dev.dma.mappings == [m]           # refused: nothing changed
+        with pytest.raises(errors.IovaError, match="no mapping at IOVA 0x"):
+            dev.dma.unmap(m.iova + 0x100000)
+
+
+def test_overlapping_map_in_the_kernel_is_exists_error(vfio_edu):
+    """A fixed-IOVA map over a mapping the library does not know of: EEXIST from the kernel."""
+    if vfio_edu.path == "noiommu":
+        pytest.skip("no I/O address space without an IOMMU")
+    with vfio_edu.open() as dev, DmaBuffer(4096) as a, DmaBuffer(4096) as b:
+        m = dev.dma.map(a, dma_mask_bits=28)
+        dev.dma.allocator.free(m.iova)           # forget it here; the kernel still has it
+        try:
+            with pytest.raises(errors.ExistsError) as ei:
+                dev.dma.map(b, iova=m.iova)
+            assert ei.value.errno == 17 and "unmap the mapping that overlaps" in ei.value.remedy
+        finally:
+            dev.dma.allocator.reserve(m.iova, m.size)
