@@ -5,6 +5,7 @@ import errno as _errno
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from pyvfio import errors
+from pyvfio.core import args
 from pyvfio.core import syscalls
 from pyvfio.core.handle import Handle
 from pyvfio.core.uapi import ffi, lib
@@ -248,6 +249,7 @@ class Vcpu(Handle):
         """
         if self._closed:
             self._check_open()
+        reg_id = args.integer(reg_id, "register id", device=self.name)
         size = _SIZE.get(reg_id) or _regs.size_of(reg_id)
         if into is not None and len(into) != size:
             raise errors.RegisterIdError(
@@ -267,6 +269,7 @@ class Vcpu(Handle):
         """KVM_SET_ONE_REG: ``value`` an int that fits the id's size, or exactly that many bytes."""
         if self._closed:
             self._check_open()
+        reg_id = args.integer(reg_id, "register id", device=self.name)
         size = _SIZE.get(reg_id) or _regs.size_of(reg_id)
         if isinstance(value, bool):
             raise errors.RegisterIdError(f"register value must be an int or bytes, not {value!r}",
@@ -278,7 +281,7 @@ class Vcpu(Handle):
                     op="KVM_SET_ONE_REG", remedy=f"give a value of 0..2**{8 * size}-1")
             data = value.to_bytes(size, "little")
         else:
-            data = bytes(value)
+            data = bytes(args.data(value, "register value", device=self.name))
             if len(data) != size:
                 raise errors.RegisterIdError(
                     f"register {_regs.describe(reg_id)} is {size} bytes, the value {len(data)}",

@@ -52,9 +52,44 @@ VFIO_SEQUENCES: Dict[str, Callable[[Any], None]] = {
     "vfio open+map+irq": vfio_open_map_irq,
 }
 
-# other families: name -> (fixture giving the environment, sequence)
+def kvm_vm_memory_vcpu_irqfd(env: Any) -> None:
+    """Open /dev/kvm, make a VM with guest memory, a vCPU, an in-kernel irqchip and an irqfd."""
+    from pyvfio.core.eventfd import EventFd
+    from pyvfio.kvm import Kvm
+    with Kvm() as kvm, kvm.create_vm() as vm, DmaBuffer(0x10000) as mem, EventFd("irqfd") as ev:
+        vm.set_user_memory_region(0, 0, mem)
+        vm.create_irqchip()                       # before the vCPU, as KVM requires
+        vm.create_vcpu(0)
+        vm.register_irqfd(ev, 5)
+        vm.unregister_irqfd(ev, 5)
+
+
+# other families: name -> (fixture giving the environment, sequence); one line each
 SEQUENCES: Dict[str, Tuple[str, Callable[[Any], None]]] = {
+    "kvm vm+memory+vcpu+irqfd": ("host_kvm", kvm_vm_memory_vcpu_irqfd),
 }
+
+
+@pytest.fixture
+def host_kvm(request):
+    """The real /dev/kvm of the host (x86: runs real-mode guests), or a skip."""
+    import platform
+    if platform.machine() not in ("x86_64", "i686"):
+        pytest.skip("the KVM sequence uses an x86 in-kernel irqchip")
+    try:
+        from kvm_support import _kvm_usable
+    except ImportError:
+        import sys as _sys
+        _sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "kvm"))
+        from kvm_support import _kvm_usable
+    why = _kvm_usable()
+    if why:
+        pytest.skip(why)
+    from kvm_support import label
+    from pyvfio.lab import in_guest
+    if not in_guest():
+        label(request, f"real {os.uname().release} host-kvm")
+    return None
 
 
 def _env(value: Any) -> Callable[[], Any]:

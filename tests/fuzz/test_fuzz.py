@@ -39,7 +39,7 @@ from pyvfio.core import syscalls                                          # noqa
 
 pytestmark = pytest.mark.device
 
-EXAMPLES = int(os.environ.get("PYVFIO_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("PYVFIO_FUZZ_EXAMPLES", "10"))
 WATCHDOG = float(os.environ.get("PYVFIO_FUZZ_WATCHDOG", "20"))
 REPORT: Dict[str, Dict[str, int]] = {}
 
@@ -154,7 +154,37 @@ def _with_closed(ctx, attr):
         pass
 
 
+def _kvm_vm(ctx, body):
+    """A VM on /dev/kvm (the mock's, switched on in the child, or the real one in a guest)."""
+    from pyvfio.kvm import Kvm
+    if ctx.mock is not None and getattr(ctx.mock, "kvm", None) is not None:
+        if ctx.mock.kvm.arch is None:
+            ctx.mock.kvm.enable("loongarch")
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        return body(kvm, vm)
+
+
+def _kvm_reg(ctx, reg, value):
+    return _kvm_vm(ctx, lambda k, vm: vm.create_vcpu(0).set_reg(reg, value))
+
+
+def _kvm_irqfd(ctx, gsi):
+    from pyvfio.core.eventfd import EventFd
+    with EventFd("fuzz irqfd") as ev:
+        _kvm_vm(ctx, lambda k, vm: (vm.register_irqfd(ev, gsi), vm.unregister_irqfd(ev, gsi)))
+
+
 ENTRY_POINTS: Dict[str, Tuple[Any, Callable[..., Any]]] = {
+    # KVM
+    "Kvm.check_extension": (st.tuples(st.one_of(nasty(), st.text(max_size=12))),
+                            lambda c, cap: _kvm_vm(c, lambda k, vm: k.check_extension(cap))),
+    "Vm.set_user_memory_region": (st.tuples(small(), small()),
+                                  lambda c, slot, gpa: _kvm_vm(
+                                      c, lambda k, vm: vm.set_user_memory_region(slot, gpa, c.buf))),
+    "Vm.create_vcpu": (st.tuples(small()),
+                       lambda c, i: _kvm_vm(c, lambda k, vm: vm.create_vcpu(i))),
+    "Vcpu.set_reg": (st.tuples(nasty(), nasty()), _kvm_reg),
+    "Vm.register_irqfd": (st.tuples(small()), _kvm_irqfd),
     # VFIO device
     "Device.region": (st.tuples(small()), lambda c, i: c.dev.region(i)),
     "Device.bar": (st.tuples(small(), nasty()), lambda c, n, m: c.dev.bar(n, mmap=m)),
@@ -230,7 +260,7 @@ def _child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...]) -> Dict[st
     result = {"outcome": "ok", "detail": ""}
     dev = env.open()
     buf = DmaBuffer(8192)
-    ctx = SimpleNamespace(dev=dev, buf=buf, edu=None)
+    ctx = SimpleNamespace(dev=dev, buf=buf, edu=None, mock=env.mock if hasattr(env, "mock") else None)
     try:
         ctx.edu = Edu(dev, timeout=2.0)
         func(ctx, *args)
