@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple, Type
 
 __all__ = [
     "PyvfioError", "NotFoundError", "PermissionDeniedError", "NotSupportedError",
@@ -58,12 +58,13 @@ class PyvfioError(OSError):
             text += f"\n  remedy: {self.remedy}"
         return text
 
-    def __reduce__(self):  # keep keyword state through pickling (pytest-xdist, multiprocessing)
+    def __reduce__(self) -> Tuple[Any, ...]:  # keep keyword state through pickling (pytest-xdist, multiprocessing)
         return (_rebuild, (type(self), self.message, self.errno, self.op, self.path,
                            self.device, self.remedy))
 
 
-def _rebuild(cls, message, errno, op, path, device, remedy):
+def _rebuild(cls: Type["PyvfioError"], message: str, errno: Optional[int], op: Optional[str],
+             path: Optional[str], device: Optional[str], remedy: Optional[str]) -> "PyvfioError":
     return cls(message, errno=errno, op=op, path=path, device=device, remedy=remedy)
 
 
@@ -124,7 +125,7 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
 class ClosedError(PyvfioError, ValueError):
     """The handle was closed; the object can no longer be used."""
 
-    def __init__(self, what: str, **kw) -> None:
+    def __init__(self, what: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.EBADF)
         kw.setdefault("remedy", "open it again; use it inside its `with` block")
         super().__init__(f"{what} is closed", **kw)
@@ -133,7 +134,7 @@ class ClosedError(PyvfioError, ValueError):
 class OutOfBoundsError(PyvfioError, IndexError):
     """An access outside a region, BAR or buffer, refused before it reaches the device."""
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.EFAULT)
         super().__init__(message, **kw)
 
@@ -171,7 +172,7 @@ class RegisterIdError(InvalidArgumentError):
 class TimedOutError(PyvfioError, TimeoutError):
     """Waiting for the device (interrupt, DMA, reset) took longer than allowed."""
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.ETIMEDOUT)
         super().__init__(message, **kw)
 
@@ -198,6 +199,7 @@ def from_errno(err: int, *, op: Optional[str] = None, path: Optional[str] = None
     locked-memory limit rather than a shortage of memory.
     """
     message = os.strerror(err)
+    cls: Type[PyvfioError]
     if err == _errno.ENOMEM and dma:
         cls = MemlockError
         message = "cannot pin memory for DMA (locked-memory limit reached)"

@@ -10,7 +10,7 @@ device's IOMMU allows).  A VFIO device cdev is bound to the iommufd with
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import argsz
@@ -63,9 +63,9 @@ class IommuFd(Handle):
         p = argsz.new("struct iommu_option", option_id=option_id, op=op, object_id=object_id,
                       val64=value or 0)
         syscalls.ioctl(self._check_open(), lib.IOMMU_OPTION, p)
-        return p.val64
+        return int(p.val64)
 
-    def hw_info(self, dev_id: int) -> dict:
+    def hw_info(self, dev_id: int) -> Dict[str, Any]:
         """``IOMMU_GET_HW_INFO`` of a bound device: IOMMU type, capabilities, data."""
         data = ffi.new("char[]", 256)
         p = argsz.new("struct iommu_hw_info", dev_id=dev_id, data_len=256,
@@ -105,7 +105,7 @@ class Ioas(IoAddressSpace):
         return self.iommufd._check_open()
 
     def _ranges(self) -> List[Tuple[int, int]]:
-        def make(count: int):
+        def make(count: int) -> Any:
             arr = ffi.new("struct iommu_iova_range[]", max(count, 1))
             p = argsz.new("struct iommu_ioas_iova_ranges", ioas_id=self.id, num_iovas=count,
                           allowed_iovas=int(ffi.cast("uintptr_t", arr)))

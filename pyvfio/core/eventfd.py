@@ -109,7 +109,7 @@ class EventFd(Handle):
             if n:
                 return n
             fut = loop.create_future()
-            loop.add_reader(self.fd, lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(self.fd, lambda: None if fut.done() else fut.set_result(None))
             try:
                 await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap as _mmap
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Set, Tuple
 
 from pyvfio import errors
 from pyvfio.core import args, syscalls
@@ -67,7 +67,7 @@ class DmaBuffer(Handle):
         self.size = round_up(size, self.page_size)
         self.name = f"DMA buffer of {self.size:#x} bytes"
         self._ptr = None
-        self.spaces: set = set()        # I/O address spaces that map this buffer
+        self.spaces: Set[Any] = set()   # I/O address spaces that map this buffer
         self._locked = False            # mlock'ed for physical_address()
         try:
             if kind == "anonymous":
@@ -117,7 +117,7 @@ class DmaBuffer(Handle):
     def view(self) -> memoryview:
         """A memoryview of the whole buffer; release it before :meth:`close`."""
         self._check()
-        return memoryview(self._mmap)
+        return memoryview(self._mmap)  # type: ignore[arg-type]  # _check: not None
 
     def __len__(self) -> int:
         return self.size
@@ -161,7 +161,7 @@ class DmaBuffer(Handle):
 
     def write(self, offset: int, data: bytes) -> None:
         """Copy ``data`` to ``offset``, bounds-checked."""
-        data = args.data(data, "data", device=self.name)
+        data = args.data(data, "data", device=self.name)  # type: ignore[assignment]
         offset, n = self._bounds(offset, len(data))
         self._mmap[offset:offset + n] = data         # type: ignore[index]
 

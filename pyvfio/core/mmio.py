@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import args
@@ -77,7 +77,7 @@ _STORES_SWAP = {1: lib.pyvfio_mmio_write8, 2: lib.pyvfio_mmio_write16_swap,
                 4: lib.pyvfio_mmio_write32_swap, 8: lib.pyvfio_mmio_write64_swap}
 
 
-def _tables(endian: str) -> tuple:
+def _tables(endian: str) -> Tuple[Dict[int, Any], Dict[int, Any]]:
     if endian not in (LITTLE, BIG):
         raise errors.InvalidArgumentError(f"unknown byte order {endian!r}",
                                           remedy="use endian='little' or endian='big'")
@@ -88,7 +88,7 @@ def _tables(endian: str) -> tuple:
 
 def load(base: Any, off: int, width: int, endian: str = LITTLE) -> int:
     """One load of ``width`` bytes at ``base + off`` (a cffi pointer), in the device's byte order."""
-    return _tables(endian)[0][width](base, off)
+    return int(_tables(endian)[0][width](base, off))
 
 
 def store(base: Any, off: int, width: int, value: int, endian: str = LITTLE) -> None:
@@ -102,7 +102,7 @@ def copy_from(base: Any, off: int, n: int, width: int) -> bytes:
     if lib.pyvfio_mmio_read_n(base, off, out, n, width):
         raise errors.InvalidArgumentError(
             f"{n} bytes at {off:#x} are not a whole number of aligned {width}-byte accesses")
-    return ffi.unpack(out, n)
+    return bytes(ffi.unpack(out, n))
 
 
 def copy_to(base: Any, off: int, data: bytes, width: int) -> None:
@@ -152,10 +152,12 @@ class MmioAccess:
     _mmio_whole: Optional[Window] = None
     _mmio_size: int = 0
     _mmio_device: Optional[str] = None
-    _loads: Dict[int, Any] = _LOADS_NATIVE if NATIVE == LITTLE else _LOADS_SWAP
-    _stores: Dict[int, Any] = _STORES_NATIVE if NATIVE == LITTLE else _STORES_SWAP
-    _ld32: Any = _loads[4]
-    _st32: Any = _stores[4]
+    _loads: Dict[int, Callable[[Any, int], int]] = \
+        _LOADS_NATIVE if NATIVE == LITTLE else _LOADS_SWAP
+    _stores: Dict[int, Callable[[Any, int, int], None]] = \
+        _STORES_NATIVE if NATIVE == LITTLE else _STORES_SWAP
+    _ld32: Callable[[Any, int], int] = _loads[4]
+    _st32: Callable[[Any, int, int], None] = _stores[4]
 
     def _mmio_init(self, endian: str = LITTLE) -> None:
         self.set_endian(endian)
@@ -192,7 +194,7 @@ class MmioAccess:
         w = self._mmio_window(off, size)
         if w is not None:
             return self._loads[size](w.base, off - w.start)
-        return struct.unpack(_FMT[self.endian, size], self._mmio_pread(off, size))[0]
+        return int(struct.unpack(_FMT[self.endian, size], self._mmio_pread(off, size))[0])
 
     def _store(self, off: int, size: int, value: int) -> None:
         self._mmio_check(off, size, True)

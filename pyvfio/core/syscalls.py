@@ -28,7 +28,7 @@ import mmap as _mmap
 import os
 import select
 import threading
-from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 from pyvfio import errors
 
@@ -70,7 +70,7 @@ class Kernel:
         if ret < 0:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
-        return ret
+        return int(ret)
 
     def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int) -> _mmap.mmap:
         return _mmap.mmap(fd, length, flags=flags, prot=prot, offset=offset)
@@ -95,7 +95,7 @@ class Kernel:
         if fd < 0:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
-        return fd
+        return int(fd)
 
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         p = select.poll()
@@ -279,7 +279,7 @@ def open(path: str, flags: int = os.O_RDWR, *, device: Optional[str] = None) -> 
         raise _fail(exc, "open", path, device) from None
     with _lock:
         _fds[fd] = path
-    return fd
+    return int(fd)
 
 
 def adopt(fd: int, description: str) -> int:
@@ -350,7 +350,7 @@ def ioctl(fd: int, request: int, arg: Any = None, *, device: Optional[str] = Non
     try:
         if _armed:
             _inject("ioctl")
-        return b.ioctl(fd, request, arg)
+        return int(b.ioctl(fd, request, arg))
     except OSError as exc:
         path = _fds.get(fd, f"fd {fd}")
         raise _fail(exc, ioctl_name(request, path), path, device, remedy, dma) from None
@@ -371,7 +371,7 @@ def mmap(fd: int, length: int, offset: int = 0, *, prot: int = _mmap.PROT_READ |
     with _lock:
         _maps[id(m)] = (m, f"{what}: {length:#x} bytes of {_fds.get(fd, 'anonymous memory')}"
                            f" at {offset:#x}")
-    return m
+    return cast("_mmap.mmap", m)
 
 
 def munmap(mapping: _mmap.mmap) -> None:
@@ -406,7 +406,7 @@ def pread(fd: int, size: int, offset: int, *, device: Optional[str] = None) -> b
         raise errors.OutOfBoundsError(
             f"short read: {len(data)} of {size} bytes at {offset:#x}",
             op="pread", path=_fds.get(fd), device=device)
-    return data
+    return bytes(data)
 
 
 def pwrite(fd: int, data: Union[bytes, bytearray, memoryview], offset: int, *,
@@ -422,7 +422,7 @@ def pwrite(fd: int, data: Union[bytes, bytearray, memoryview], offset: int, *,
         raise errors.OutOfBoundsError(
             f"short write: {n} of {len(data)} bytes at {offset:#x}",
             op="pwrite", path=_fds.get(fd), device=device)
-    return n
+    return int(n)
 
 
 def read(fd: int, size: int, *, device: Optional[str] = None) -> bytes:
@@ -430,7 +430,7 @@ def read(fd: int, size: int, *, device: Optional[str] = None) -> bytes:
     try:
         if _armed:
             _inject("read")
-        return backend().read(fd, size)
+        return bytes(backend().read(fd, size))
     except OSError as exc:
         raise _fail(exc, "read", _fds.get(fd, f"fd {fd}"), device) from None
 
@@ -440,7 +440,7 @@ def write(fd: int, data: bytes, *, device: Optional[str] = None) -> int:
     try:
         if _armed:
             _inject("write")
-        return backend().write(fd, data)
+        return int(backend().write(fd, data))
     except OSError as exc:
         raise _fail(exc, "write", _fds.get(fd, f"fd {fd}"), device) from None
 
@@ -455,7 +455,7 @@ def eventfd(initval: int = 0, flags: int = 0, *, what: str = "eventfd") -> int:
         raise _fail(exc, "eventfd", None, None) from None
     with _lock:
         _fds[fd] = what
-    return fd
+    return int(fd)
 
 
 def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple[int, int]]:
@@ -464,7 +464,7 @@ def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple
     try:
         if _armed:
             _inject("poll")
-        return backend().poll(fds, ms)
+        return cast("List[Tuple[int, int]]", backend().poll(fds, ms))
     except OSError as exc:
         raise _fail(exc, "poll", None, None) from None
 
@@ -479,7 +479,7 @@ def memfd_create(name: str, flags: int = 0) -> int:
         raise _fail(exc, "memfd_create", f"memfd:{name}", None) from None
     with _lock:
         _fds[fd] = f"memfd:{name}"
-    return fd
+    return int(fd)
 
 
 def ftruncate(fd: int, length: int) -> None:
@@ -507,7 +507,7 @@ def read_file(path: str, *, device: Optional[str] = None, op: str = "read") -> b
     try:
         if _armed:
             _inject("read_file")
-        return backend().read_file(path)
+        return bytes(backend().read_file(path))
     except FileNotFoundError:
         raise
     except OSError as exc:

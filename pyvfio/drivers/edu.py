@@ -66,7 +66,7 @@ class Edu:
     def liveness(self, value: int) -> int:
         """Write ``value`` to the liveness register and read back its complement."""
         self.bar.write32(LIVENESS, value)
-        return self.bar.read32(LIVENESS)
+        return int(self.bar.read32(LIVENESS))
 
     def factorial(self, n: int, *, irq: bool = False) -> int:
         """Let the device compute ``n!`` (mod 2**32)."""
@@ -75,7 +75,7 @@ class Edu:
         self.bar.write32(STATUS, STATUS_IRQ_ON_FACTORIAL if irq else 0)
         self.bar.write32(FACTORIAL, n)
         self._poll(STATUS, STATUS_BUSY, "factorial")
-        return self.bar.read32(FACTORIAL)
+        return int(self.bar.read32(FACTORIAL))
 
     def _poll(self, reg: int, bit: int, what: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -88,7 +88,7 @@ class Edu:
     # -- interrupts ------------------------------------------------------------------
     @property
     def irq_status(self) -> int:
-        return self.bar.read32(IRQ_STATUS)
+        return int(self.bar.read32(IRQ_STATUS))
 
     def raise_irq(self, bits: int = 1) -> None:
         """Set interrupt status bits: the device asserts its interrupt."""

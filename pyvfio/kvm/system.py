@@ -41,7 +41,7 @@ def cap_number(cap: Union[int, str]) -> int:
 class CpuidEntry(NamedTuple):
     """One ``struct kvm_cpuid_entry2``."""
     function: int
-    index: int
+    index: int  # type: ignore[assignment]  # the kernel's field name shadows tuple.index
     flags: int
     eax: int
     ebx: int

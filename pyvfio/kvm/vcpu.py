@@ -62,11 +62,13 @@ class Exit:
         vcpu = self._vcpu
         vcpu._check_open()
         if self.reason == _IO and self.direction == "in":
+            assert self.size is not None and self.count is not None    # set for IO exits
             n = self.size * self.count
             data = value if isinstance(value, (bytes, bytearray)) else value.to_bytes(n, "little")
             off = vcpu._run.io.data_offset
             vcpu._mmap[off:off + n] = bytes(data).ljust(n, b"\0")[:n]
         elif self.reason == _MMIO and not self.is_write:
+            assert self.length is not None                            # set for MMIO exits
             n = self.length
             data = value if isinstance(value, (bytes, bytearray)) else value.to_bytes(n, "little")
             ffi.memmove(vcpu._run.mmio.data, bytes(data).ljust(n, b"\0")[:n], n)

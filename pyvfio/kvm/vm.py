@@ -37,7 +37,7 @@ def fd_of(obj: Any, what: str, device: str) -> int:
     if isinstance(obj, int):
         return obj
     if hasattr(obj, "fileno"):
-        return obj.fileno()          # a closed library object raises ClosedError here
+        return int(obj.fileno())  # a closed library object raises ClosedError here
     fd = getattr(obj, "fd", None)
     if isinstance(fd, int):
         return fd

@@ -9,7 +9,7 @@ goes through.  :func:`pyvfio.vfio.open.open_device` chooses the path.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, TYPE_CHECKING
 
 from pyvfio import errors
 from pyvfio.core import args, argsz
@@ -20,6 +20,11 @@ from pyvfio.core.space import IoAddressSpace
 from pyvfio.vfio.irq import Irq
 from pyvfio.vfio.region import Region
 from pyvfio.core.uapi import lib
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyvfio.pci.config import PciConfig
+    from pyvfio.vfio.features import Features
 
 __all__ = ["Device", "DeviceInfo", "HotResetDevice"]
 
@@ -73,7 +78,7 @@ class Device(Handle):
             obj._owner = self
         self._regions: Dict[int, Region] = {}
         self._irqs: Dict[int, Irq] = {}
-        self._config = None
+        self._config: Optional["PciConfig"] = None
         try:
             self.info = self._get_info()
         except BaseException:
@@ -123,7 +128,7 @@ class Device(Handle):
         return r.mmap() if mmap else r
 
     @property
-    def config(self):
+    def config(self) -> "PciConfig":
         """The PCI configuration space (a :class:`pyvfio.pci.config.PciConfig`)."""
         self._check_open()
         if self._config is None:
@@ -167,7 +172,7 @@ class Device(Handle):
 
     def hot_reset_info(self) -> List[HotResetDevice]:
         """``VFIO_DEVICE_GET_PCI_HOT_RESET_INFO``: the devices a bus reset would hit."""
-        def make(count: int):
+        def make(count: int) -> Any:
             return argsz.new_var("struct vfio_pci_hot_reset_info", "devices", count)
 
         p = argsz.call_growing(self._check_open(), lib.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, make,
@@ -238,7 +243,7 @@ class Device(Handle):
 
     # -- features -------------------------------------------------------------------
     @property
-    def features(self):
+    def features(self) -> "Features":
         """``VFIO_DEVICE_FEATURE``: migration, low power, DMA logging (a :class:`Features`)."""
         from pyvfio.vfio.features import Features
         self._check_open()

@@ -14,7 +14,7 @@ import os
 import select
 import struct
 import time
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from pyvfio import errors
 from pyvfio.core import args, argsz
@@ -38,9 +38,9 @@ INDEX_NAMES = {
 
 
 class IrqInfo(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # the kernel's field names shadow tuple's methods
     flags: int
-    count: int
+    count: int  # type: ignore[assignment]
 
     @property
     def eventfd(self) -> bool:
@@ -83,7 +83,7 @@ class Irq(Handle):
         self.name = INDEX_NAMES.get(index, f"IRQ index {index}")
         self.info = irq_info(device.fd, index, device.name)
         self.eventfds: List[int] = []
-        self._triggers: dict = {}             # vector -> prebuilt SET_IRQS trigger argument
+        self._triggers: Dict[int, Any] = {}             # vector -> prebuilt SET_IRQS trigger argument
 
     @property
     def count(self) -> int:
@@ -249,7 +249,7 @@ class Irq(Handle):
             if n:
                 return n
             fut = loop.create_future()
-            loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(fd, lambda: None if fut.done() else fut.set_result(None))
             try:
                 await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
+from typing import Any, Optional
 
 from pyvfio import errors
 from pyvfio.core import args, argsz
@@ -25,7 +25,7 @@ __all__ = ["open_device"]
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
-def _locate(name: str):
+def _locate(name: str) -> Any:
     """The sysfs view of ``name``: a PciDevice, or an Mdev for a UUID; checked bound to VFIO."""
     if _UUID.match(name):
         from pyvfio.vfio import mdev

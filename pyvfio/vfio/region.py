@@ -31,7 +31,7 @@ __all__ = ["Region", "RegionInfo"]
 
 class RegionInfo(NamedTuple):
     """``VFIO_DEVICE_GET_REGION_INFO`` with its capabilities decoded."""
-    index: int
+    index: int  # type: ignore[assignment]  # the kernel's field name shadows tuple.index
     flags: int
     size: int
     offset: int
