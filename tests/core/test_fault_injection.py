@@ -169,7 +169,12 @@ def test_kernel_fail_nth_vfio(lab_target, vfio_edu):
                 os._exit(0)
         os.close(w)
         data = b""
+        import select
         while True:
+            ready, _, _ = select.select([r], [], [], 120)        # the watchdog
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                break
             chunk = os.read(r, 65536)
             if not chunk:
                 break
@@ -187,6 +192,10 @@ def test_kernel_fail_nth_vfio(lab_target, vfio_edu):
         print(faults.format_table(rows[-1:]).splitlines()[1], raised if data else "",
               file=sys.stderr, flush=True)
         if rows[-1].outcome == "ok":
+            break
+        if crashes:
+            # the kernel killed the task (an oops in a system call): it is not in a
+            # state to go on; the console has the trace
             break
         k += 1
     REPORT.extend(rows)
