@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
@@ -389,7 +389,7 @@ class Nvme:
     # -- registers -----------------------------------------------------------------
     def _read64(self, off: int) -> int:
         # two 32-bit reads, low half first: every controller must accept those
-        return self.bar.read32(off) | self.bar.read32(off + 4) << 32
+        return int(self.bar.read32(off) | self.bar.read32(off + 4) << 32)
 
     def _write64(self, off: int, value: int) -> None:
         self.bar.write32(off, value & 0xFFFFFFFF)
@@ -403,11 +403,11 @@ class Nvme:
 
     @property
     def cc(self) -> int:
-        return self.bar.read32(CC)
+        return int(self.bar.read32(CC))
 
     @property
     def csts(self) -> int:
-        return self.bar.read32(CSTS)
+        return int(self.bar.read32(CSTS))
 
     def sq_doorbell(self, qid: int) -> int:
         """Offset in BAR0 of submission queue ``qid``'s tail doorbell."""
@@ -429,7 +429,7 @@ class Nvme:
         return buf, mapping.iova
 
     # -- enable / disable ----------------------------------------------------------------
-    def _wait_csts(self, what: str, done, timeout: float) -> int:
+    def _wait_csts(self, what: str, done: Callable[[int], object], timeout: float) -> int:
         deadline = time.monotonic() + timeout
         delay = 0.0001
         while True:
@@ -629,7 +629,7 @@ class Nvme:
     def __enter__(self) -> "Nvme":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             self.close()
         except errors.PyvfioError:

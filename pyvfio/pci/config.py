@@ -21,7 +21,7 @@ import enum
 import errno as _errno
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol, Tuple, Union
+from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
 
 from pyvfio.core.mmio import MmioAccess
 from pyvfio.errors import InvalidArgumentError, OutOfBoundsError, PyvfioError
@@ -80,7 +80,7 @@ class CapabilityListError(PyvfioError, ValueError):
     (reads of all ones), broken firmware or a bad emulation does.
     """
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.EIO)
         super().__init__(message, **kw)
 
