@@ -256,11 +256,12 @@ def _child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...]) -> Dict[st
     from pyvfio.drivers.edu import Edu
     import warnings
     warnings.simplefilter("ignore", ResourceWarning)
-    before = _snapshot(env.mock)
+    mock = getattr(env, "mock", None)            # None on a real kernel (lab guest)
+    before = _snapshot(mock)
     result = {"outcome": "ok", "detail": ""}
     dev = env.open()
     buf = DmaBuffer(8192)
-    ctx = SimpleNamespace(dev=dev, buf=buf, edu=None, mock=env.mock if hasattr(env, "mock") else None)
+    ctx = SimpleNamespace(dev=dev, buf=buf, edu=None, mock=mock)
     try:
         ctx.edu = Edu(dev, timeout=2.0)
         func(ctx, *args)
@@ -276,7 +277,7 @@ def _child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...]) -> Dict[st
                 obj.close()
             except errors.PyvfioError:
                 pass                               # e.g. a view still alive: checked below
-    leaked = [x for x in _snapshot(env.mock) if x not in before]
+    leaked = [x for x in _snapshot(mock) if x not in before]
     if leaked and result["outcome"] != "foreign":
         result = {"outcome": "leak", "detail": "; ".join(leaked)[:500]}
     return result
@@ -315,7 +316,8 @@ def run_in_child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...]) -> D
     finally:
         os.close(r)
     if not chunks:
-        return {"outcome": "crash", "detail": f"child exited with status {status:#x}"}
+        return {"outcome": "crash", "detail": f"the child died (wait status {status:#x}) "
+                                              "before reporting"}
     return json.loads(b"".join(chunks))
 
 
@@ -355,10 +357,10 @@ def test_fuzz_report():
     if not REPORT:
         pytest.skip("no fuzz test ran before this one")
     width = max(len(k) for k in REPORT)
-    lines = [f"{'ENTRY POINT'.ljust(width)}  EXAMPLES  OK  LIBRARY  FOREIGN  HANG  LEAK"]
+    lines = [f"{'ENTRY POINT'.ljust(width)}  EXAMPLES  OK  LIBRARY  FOREIGN  HANG  LEAK  CRASH"]
     for k in sorted(REPORT):
         c = REPORT[k]
         lines.append(f"{k.ljust(width)}  {sum(c.values()):8}  {c.get('ok', 0):2}  "
                      f"{c.get('library', 0):7}  {c.get('foreign', 0):7}  {c.get('hang', 0):4}  "
-                     f"{c.get('leak', 0):4}")
+                     f"{c.get('leak', 0):4}  {c.get('crash', 0):5}")
     print("\n" + "\n".join(lines))
