@@ -1,15 +1,13 @@
-# The cffi extension is declared here because setuptools reads `cffi_modules`
+# The compiled parts are declared here because setuptools reads `cffi_modules`
 # only from setup(); everything else lives in pyproject.toml.
 #
-# cffi builds the binding against the stable ABI (a .abi3.so) except on a
-# free-threaded interpreter, so the wheel is tagged abi3 for every CPython
-# from 3.9 on (requires-python) in that case.
-import sysconfig
+# - pyvfio.core._uapi: the cffi binding of the kernel's uAPI headers (plus the
+#   MMIO accessors and barriers of pyvfio/core/mmio_access.h);
+# - pyvfio.core._mmio: the same single-access MMIO loads and stores as CPython
+#   functions, which do not release the GIL around each access.
+from setuptools import Extension, setup
 
-from setuptools import setup
-
-options = {}
-if not sysconfig.get_config_var("Py_GIL_DISABLED"):
-    options["bdist_wheel"] = {"py_limited_api": "cp39"}
-
-setup(cffi_modules=["pyvfio/core/_build_uapi.py:make_builder"], options=options)
+setup(cffi_modules=["pyvfio/core/_build_uapi.py:make_builder"],
+      ext_modules=[Extension("pyvfio.core._mmio", ["pyvfio/core/_mmio.c"],
+                             include_dirs=["pyvfio/core"], depends=["pyvfio/core/mmio_access.h"],
+                             extra_compile_args=["-O2"])])

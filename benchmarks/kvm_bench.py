@@ -118,24 +118,22 @@ def main() -> int:
                 put(REG, i & 0xFFFF)
 
         runs(1000)
-        for _ in range(args.reps):
-            add("KVM_RUN to an IO exit", "pyvfio", time_py(runs, args.n_run))
-            if have_reg:
-                add("KVM_GET_ONE_REG (64-bit)", "pyvfio", time_py(gets, args.n_reg))
-                add("KVM_SET_ONE_REG (64-bit)", "pyvfio", time_py(sets, args.n_reg))
-        vm.delete_user_memory_region(0)
-    if not args.no_c:
         with tempfile.TemporaryDirectory() as tmp:
-            exe = build_c(tmp)
-            if exe:
-                for _ in range(args.reps):
+            exe = None if args.no_c else build_c(tmp)
+            for _ in range(args.reps):        # interleaved, so load changes hit both alike
+                add("KVM_RUN to an IO exit", "pyvfio", time_py(runs, args.n_run))
+                if have_reg:
+                    add("KVM_GET_ONE_REG (64-bit)", "pyvfio", time_py(gets, args.n_reg))
+                    add("KVM_SET_ONE_REG (64-bit)", "pyvfio", time_py(sets, args.n_reg))
+                if exe:
                     c = run_c(exe, args.n_run, args.n_reg, REG if have_reg else 0)
                     add("KVM_RUN to an IO exit", "C", c["run_ns"])
                     if have_reg:
                         add("KVM_GET_ONE_REG (64-bit)", "C", c["get_ns"])
                         add("KVM_SET_ONE_REG (64-bit)", "C", c["set_ns"])
+        vm.delete_user_memory_region(0)
     print(f"kernel {platform.release()}, Python {platform.python_version()}, "
-          f"median of {args.reps}")
+          f"median of {args.reps}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'operation':28} {'pyvfio':>12} {'C':>12} {'ratio':>7}   per second (pyvfio / C)")
     for row, cols in samples.items():
         py = statistics.median(cols["pyvfio"])

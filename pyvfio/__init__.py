@@ -29,7 +29,7 @@ if TYPE_CHECKING:   # what type checkers see; at run time the names load on firs
     from pyvfio.vfio.open import open_device
     from pyvfio.vfio.region import Region
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"     # the one place; pyproject.toml reads it
 
 # public name -> module that defines it
 _LAZY = {

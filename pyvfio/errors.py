@@ -16,8 +16,8 @@ __all__ = [
     "PyvfioError", "NotFoundError", "PermissionDeniedError", "NotSupportedError",
     "BusyError", "MemlockError", "InvalidArgumentError", "ClosedError",
     "OutOfBoundsError", "NotViableError", "IovaError", "ModuleMissingError",
-    "NotBoundError", "TimedOutError", "ExistsError", "RegisterIdError", "ArgumentTypeError",
-    "from_errno",
+    "NotBoundError", "TimedOutError", "ExistsError", "RegisterIdError", "QueueFullError",
+    "NotReadyError", "VdpaStatusError", "ArgumentTypeError", "from_errno",
 ]
 
 
@@ -175,6 +175,30 @@ class TimedOutError(PyvfioError, TimeoutError):
     def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.ETIMEDOUT)
         super().__init__(message, **kw)
+
+
+class QueueFullError(BusyError):
+    """A virtqueue has no free descriptors for another buffer."""
+    default_remedy = ("collect used buffers (get_used()/wait()) before adding more, or "
+                      "create the queue with a larger size")
+
+    def __init__(self, message: str, **kw) -> None:
+        kw.setdefault("errno", _errno.ENOSPC)
+        super().__init__(message, **kw)
+
+
+class NotReadyError(PyvfioError):
+    """The object is not set up far enough for this operation (e.g. kick before setup)."""
+
+    def __init__(self, message: str, **kw) -> None:
+        kw.setdefault("errno", _errno.EINVAL)
+        super().__init__(message, **kw)
+
+
+class VdpaStatusError(InvalidArgumentError):
+    """A virtio status-protocol rule was broken on a vDPA device (the message names the rule):
+    status bits only cleared by a reset, set in order, features fixed after FEATURES_OK,
+    vrings programmed between FEATURES_OK and DRIVER_OK."""
 
 
 _BY_ERRNO = {

@@ -36,10 +36,10 @@ class IommuFd(Handle):
 
     @property
     def closed(self) -> bool:
-        return getattr(self, "fd", None) is None
+        return self._closed or getattr(self, "fd", None) is None
 
     def _check_open(self) -> int:
-        if self.fd is None:
+        if self._closed or self.fd is None:
             raise errors.ClosedError(f"iommufd {self.path}", path=self.path)
         return self.fd
 
@@ -75,10 +75,8 @@ class IommuFd(Handle):
                 "max_pasid_log2": p.out_max_pasid_log2,
                 "data": bytes(ffi.buffer(data, min(p.data_len, 256)))}
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Release every IOAS (and its mappings), then close the fd."""
-        if self.fd is None:
-            return
         try:
             for ioas in list(self.ioas_list):
                 ioas.close()
@@ -173,17 +171,14 @@ class Ioas(IoAddressSpace):
                                 writable, srcmap.buffer if srcmap else None))
         return dst_iova
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Unmap everything and destroy the IOAS."""
-        if self._closed:
-            return
         try:
             if self._mappings and self.iommufd.fd is not None:
                 self.unmap_all()
             if self.iommufd.fd is not None:
                 self.iommufd.destroy(self.id)
         finally:
-            self._closed = True
             if self in self.iommufd.ioas_list:
                 self.iommufd.ioas_list.remove(self)
 

@@ -18,6 +18,27 @@ pytest_plugins = ["pyvfio.lab.pytest_plugin"]
 from support import EDU, VFIO_PATHS, _real_edu, open_path  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test, of every family, gives back each descriptor and mapping it made.
+
+    Compares :func:`pyvfio.core.syscalls.open_fds` and ``live_mappings`` before
+    and after the test (its function-scoped fixtures included).
+    """
+    from pyvfio.core import syscalls
+    fds, maps = syscalls.open_fds(), syscalls.live_mappings()
+    yield
+    left_fds = {fd: p for fd, p in syscalls.open_fds().items() if fds.get(fd) != p}
+    gone = {fd: p for fd, p in fds.items() if syscalls.open_fds().get(fd) != p}
+    left_maps = list(syscalls.live_mappings())
+    for m in maps:
+        if m in left_maps:
+            left_maps.remove(m)
+    if left_fds or left_maps or gone:
+        pytest.fail(f"leaked: descriptors {left_fds}, mappings {left_maps}"
+                    + (f"; closed what was open before: {gone}" if gone else ""), pytrace=False)
+
+
 @pytest.fixture(params=VFIO_PATHS)
 def vfio_edu(request, lab_target, tmp_path):
     """An edu device given to VFIO, and how to open it through ``request.param``'s path."""

@@ -44,7 +44,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         description="Bind a PCI function to a driver through driver_override, unbinding "
                     "it from its current driver; the driver's module is loaded if needed.")
     bind.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:01:00.0 or 01:00.0")
-    bind.add_argument("--driver", default="vfio-pci", help="driver to bind (default: vfio-pci)")
+    bind.add_argument("--driver", default="vfio-pci",
+                      help="driver to bind (default: vfio-pci; uio_pci_generic or uio_msi "
+                           "for UIO, without IOMMU isolation)")
     bind.add_argument("--force", action="store_true",
                       help="bind even though the device is in use (a network interface with "
                            "an address or route, a mounted or swapped-on disk)")
@@ -71,7 +73,22 @@ def viability(dev: pci.PciDevice) -> str:
     return "not viable: " + ", ".join(f"{name} bound to {drv}" for name, drv in blockers)
 
 
-def device_record(dev: pci.PciDevice) -> Dict[str, Any]:
+def uio_bindings() -> Dict[str, str]:
+    """PCI address -> ``uioN`` for every function a UIO driver drives."""
+    from pyvfio.uio import nodes
+    return {n.pci: n.node for n in nodes() if n.pci}
+
+
+def driver_text(dev: pci.PciDevice, uio: Dict[str, str]) -> str:
+    """The DRIVER cell: ``vfio-pci``, ``uio_msi (uio1)``, or ``-``."""
+    driver = dev.driver
+    if driver is None:
+        return "-"
+    node = uio.get(dev.name)
+    return f"{driver} ({node})" if node else driver
+
+
+def device_record(dev: pci.PciDevice, uio: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """The JSON object ``pyvfio ls --json`` prints for one device."""
     group = dev.iommu_group
     blockers = dev.group_blockers() if group is not None else []
@@ -86,6 +103,7 @@ def device_record(dev: pci.PciDevice) -> Dict[str, Any]:
         "revision": f"{dev.revision:02x}",
         "driver": dev.driver,
         "driver_override": dev.driver_override,
+        "uio": (uio or {}).get(dev.name),
         "iommu_group": group,
         "viable": None if group is None else not blockers,
         "blockers": [{"address": name, "driver": drv} for name, drv in blockers],
@@ -173,15 +191,17 @@ def iommu_off_note() -> Optional[str]:
 
 def _ls(args: argparse.Namespace) -> int:
     found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver)
+    uio = uio_bindings()
     if args.json:
-        json.dump([device_record(d) for d in found], sys.stdout, indent=2)
+        json.dump([device_record(d, uio) for d in found], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     rows: List[List[str]] = [["BDF", "VENDOR:DEVICE", "CLASS", "DRIVER", "GROUP", "VFIO"]]
     for dev in found:
         group = dev.iommu_group
         rows.append([dev.name, f"{dev.vendor:04x}:{dev.device:04x}", f"{dev.class_code:06x}",
-                     dev.driver or "-", "-" if group is None else str(group), viability(dev)])
+                     driver_text(dev, uio), "-" if group is None else str(group),
+                     viability(dev)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]
@@ -224,6 +244,15 @@ def _bind(args: argparse.Namespace) -> int:
                                     for n, d in blockers))
         if note:
             print(f"note: {note}", file=sys.stderr)
+    if args.driver in ("uio_pci_generic", "uio_msi"):
+        try:
+            node = uio_bindings().get(dev.name)
+        except errors.PyvfioError:
+            node = None
+        if node:
+            print(f"{dev.name}: /dev/{node}")
+        print(f"note: {args.driver} gives user space the device without an IOMMU: its DMA "
+              "is not isolated and can reach all of memory", file=sys.stderr)
     return 0
 
 

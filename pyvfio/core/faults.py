@@ -63,10 +63,10 @@ class Run:
 
 def _status_kb(field_name: str) -> Optional[int]:
     try:
-        with open(os.path.join(_proc(), "self", "status")) as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
+        text = syscalls.read_file(os.path.join(_proc(), "self", "status")).decode()
+        for line in text.splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
     except OSError:
         return None
     return None
@@ -213,8 +213,7 @@ def setup_kernel_fault_injection(debugfs: str = "/sys/kernel/debug") -> List[str
                 remedy="boot a kernel with CONFIG_FAULT_INJECTION, CONFIG_FAILSLAB, "
                        "CONFIG_FAIL_PAGE_ALLOC and CONFIG_FAULT_INJECTION_DEBUG_FS, and "
                        "mount debugfs on /sys/kernel/debug")
-        with open(path, "w") as f:
-            f.write(value)
+        syscalls.write_file(path, value.encode())
         done.append(f"{rel}={value}")
     return done
 
@@ -237,7 +236,7 @@ class KernelFailNth:
         self._thread = threading.get_ident()
         path = os.path.join(_proc(), "thread-self", "fail-nth")
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            self._fd = syscalls.failnth_open(path)
         except OSError as exc:
             raise errors.NotSupportedError(
                 "the kernel has no fail-nth", path=path, errno=exc.errno,
@@ -245,8 +244,7 @@ class KernelFailNth:
 
     def disarm(self) -> None:
         """Stop injecting and close fail-nth (not ``close``: that is the backend's close(2))."""
-        os.write(self._fd, b"0")
-        os.close(self._fd)
+        syscalls.failnth_close(self._fd)
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._inner, name)
@@ -257,12 +255,12 @@ class KernelFailNth:
             if self.left <= 0 or threading.get_ident() != self._thread:
                 return method(*args, **kw)
             self.calls += 1
-            os.write(self._fd, str(self.left).encode())
+            syscalls.failnth_set(self._fd, self.left)
             try:
                 return method(*args, **kw)
             finally:
-                left = int(os.pread(self._fd, 32, 0).split()[0])
-                os.write(self._fd, b"0")
+                left = syscalls.failnth_left(self._fd)
+                syscalls.failnth_set(self._fd, 0)
                 if left == 0:
                     self.fired = name
                 self.left = left

@@ -36,6 +36,7 @@ class Handle:
     _closed: bool = False
     #: the object whose close() closes this one (None: the user owns it)
     _owner: Optional["Handle"] = None
+    _closing: bool = False
 
     @property
     def closed(self) -> bool:
@@ -51,11 +52,21 @@ class Handle:
         """Free the kernel resources held (override)."""
 
     def close(self) -> None:
-        """Release everything held; closing twice is a no-op."""
-        if self._closed:
+        """Release everything held; closing twice is a no-op.
+
+        The object stays usable by its own :meth:`_release` (which may need to
+        unmap or detach first) and counts as closed once that returns.  When
+        :meth:`_release` refuses (raises), the object stays open, so the close
+        can be retried: ``_release`` must be safe to run again.
+        """
+        if self._closed or self._closing:
             return
-        self._closed = True
-        self._release()
+        self._closing = True
+        try:
+            self._release()
+            self._closed = True
+        finally:
+            self._closing = False
 
     def __enter__(self: H) -> H:
         if self.closed:

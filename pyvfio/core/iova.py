@@ -2,7 +2,10 @@
 
 An :class:`IovaAllocator` hands out IOVAs inside the ranges the IOMMU reports
 as usable (and below the device's DMA mask), so that a mapping the kernel
-would refuse, or the device could not reach, is refused here first.
+would refuse, or the device could not reach, is refused here first.  Each IOVA
+is aligned to the buffer's page size (2 MiB, 1 GiB hugetlb) and, where the
+space allows, to the largest IOMMU page the mapping's size holds, so that the
+IOMMU can map it with large pages.
 """
 from __future__ import annotations
 
@@ -116,8 +119,8 @@ class IovaAllocator:
         can map the buffer with pages of that size.  Where the space allows,
         it is also aligned to the largest IOMMU page (2 MiB, 1 GiB) that the
         mapping's size holds, which lets the IOMMU use large pages for memory
-        that is physically contiguous (transparent huge pages).  ``dma_mask_bits`` keeps the range below what
-        one device can address.
+        that is physically contiguous (transparent huge pages).
+        ``dma_mask_bits`` keeps the range below what one device can address.
         """
         size = args.integer(size, "size", lo=1)
         if align is not None:

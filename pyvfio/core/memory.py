@@ -14,6 +14,7 @@ from typing import Any, Optional, Set, Tuple
 from pyvfio import errors
 from pyvfio.core import args, syscalls
 from pyvfio.core.handle import Handle
+from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import ffi
 
 __all__ = ["DmaBuffer", "PAGE_SIZE", "HUGE_2M", "HUGE_1G", "round_up"]
@@ -41,6 +42,8 @@ class DmaBuffer(Handle):
     (a memfd of huge pages of ``page_size`` 2 MiB or 1 GiB, reserved through
     /proc/sys/vm/nr_hugepages or the sysfs hugepages directory).
     """
+
+    name = "DMA buffer"
 
     def __init__(self, size: int, kind: str = "anonymous", *,
                  page_size: Optional[int] = None, name: str = "pyvfio-dma") -> None:
@@ -193,7 +196,8 @@ class DmaBuffer(Handle):
             syscalls.mlock(self.vaddr, self.size)
             self._locked = True
         vaddr = self.vaddr + offset
-        fd = syscalls.open("/proc/self/pagemap", os.O_RDONLY)
+        pagemap = host().proc_path("self", "pagemap")
+        fd = syscalls.open(pagemap, os.O_RDONLY)
         try:
             entry = int.from_bytes(syscalls.pread(fd, 8, (vaddr // PAGE_SIZE) * 8), "little")
         finally:
@@ -201,7 +205,7 @@ class DmaBuffer(Handle):
         pfn = entry & ((1 << 55) - 1)
         if not entry >> 63 or not pfn:
             raise errors.PermissionDeniedError(
-                "the kernel did not reveal the page's physical address", path="/proc/self/pagemap",
+                "the kernel did not reveal the page's physical address", path=pagemap,
                 remedy="run as root (CAP_SYS_ADMIN) to read physical frame numbers")
         return pfn * PAGE_SIZE + vaddr % PAGE_SIZE
 

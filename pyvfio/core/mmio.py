@@ -4,10 +4,13 @@ A device register must see exactly the accesses a driver makes: a 32-bit
 write to a doorbell rings it once, a 32-bit read of a read-to-clear register
 clears it once.  Python cannot promise that (cffi item assignment and
 ``bytes()`` of a buffer copy with libc ``memcpy``, which moves 4 to 7 bytes
-with two overlapping accesses), so the accesses are small C functions in the
-binding (``pyvfio_mmio_*`` in :mod:`pyvfio.core._build_uapi`): one volatile
-load or store of 8, 16, 32 or 64 bits, the instruction chosen by the compiler
-for the architecture (plain register addressing on arm64).
+with two overlapping accesses), so the accesses are small C functions
+(``pyvfio/core/mmio_access.h``): one volatile load or store of 8, 16, 32 or 64
+bits, the instruction chosen by the compiler for the architecture (plain
+register addressing on arm64).  The header is compiled twice: into the cffi
+binding (bulk copies, barriers) and into the CPython extension
+``pyvfio.core._mmio``, whose single accesses skip the GIL release that cffi
+makes around every call (ten times the cost of the access on a mapped BAR).
 
 :class:`MmioAccess` is the one set of typed accessors (``read8`` ..
 ``write64``, ``read``/``write`` with an access width) shared by every
@@ -39,13 +42,13 @@ from __future__ import annotations
 
 import struct
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from pyvfio import errors
 from pyvfio.core import args
 from pyvfio.core.uapi import ffi, lib
 
-__all__ = ["MmioAccess", "Window", "LITTLE", "BIG", "NATIVE", "WIDTHS", "ARCH",
+__all__ = ["MmioAccess", "Window", "LITTLE", "BIG", "NATIVE", "WIDTHS", "ARCH", "ACCESSORS",
            "mb", "rmb", "wmb", "dma_rmb", "dma_wmb", "load", "store", "copy_from", "copy_to"]
 
 LITTLE = "little"
@@ -67,17 +70,46 @@ dma_rmb: Callable[[], None] = lib.pyvfio_dma_rmb
 dma_wmb: Callable[[], None] = lib.pyvfio_dma_wmb
 """Order stores to coherent DMA memory among themselves."""
 
-_LOADS_NATIVE = {1: lib.pyvfio_mmio_read8, 2: lib.pyvfio_mmio_read16,
-                 4: lib.pyvfio_mmio_read32, 8: lib.pyvfio_mmio_read64}
-_STORES_NATIVE = {1: lib.pyvfio_mmio_write8, 2: lib.pyvfio_mmio_write16,
-                  4: lib.pyvfio_mmio_write32, 8: lib.pyvfio_mmio_write64}
-_LOADS_SWAP = {1: lib.pyvfio_mmio_read8, 2: lib.pyvfio_mmio_read16_swap,
-               4: lib.pyvfio_mmio_read32_swap, 8: lib.pyvfio_mmio_read64_swap}
-_STORES_SWAP = {1: lib.pyvfio_mmio_write8, 2: lib.pyvfio_mmio_write16_swap,
-                4: lib.pyvfio_mmio_write32_swap, 8: lib.pyvfio_mmio_write64_swap}
+def _cffi_loads(swap: bool) -> Dict[int, Callable[[int], int]]:
+    names = {1: "read8", 2: "read16", 4: "read32", 8: "read64"}
+    out = {}
+    for w, n in names.items():
+        fn = getattr(lib, f"pyvfio_mmio_{n}{'_swap' if swap and w > 1 else ''}")
+        out[w] = lambda addr, fn=fn: fn(ffi.cast("void *", addr), 0)
+    return out
 
 
-def _tables(endian: str) -> Tuple[Dict[int, Any], Dict[int, Any]]:
+def _cffi_stores(swap: bool) -> Dict[int, Callable[[int, int], None]]:
+    names = {1: "write8", 2: "write16", 4: "write32", 8: "write64"}
+    out = {}
+    for w, n in names.items():
+        fn = getattr(lib, f"pyvfio_mmio_{n}{'_swap' if swap and w > 1 else ''}")
+        out[w] = lambda addr, value, fn=fn: fn(ffi.cast("void *", addr), 0, value)
+    return out
+
+
+try:
+    # the same accessors as CPython functions: no GIL release around each access
+    from pyvfio.core import _mmio as _fast
+except ImportError:  # pragma: no cover - an installation without the extension
+    _fast = None
+
+if _fast is not None:
+    _LOADS_NATIVE = {1: _fast.read8, 2: _fast.read16, 4: _fast.read32, 8: _fast.read64}
+    _STORES_NATIVE = {1: _fast.write8, 2: _fast.write16, 4: _fast.write32, 8: _fast.write64}
+    _LOADS_SWAP = {1: _fast.read8, 2: _fast.read16_swap, 4: _fast.read32_swap,
+                   8: _fast.read64_swap}
+    _STORES_SWAP = {1: _fast.write8, 2: _fast.write16_swap, 4: _fast.write32_swap,
+                    8: _fast.write64_swap}
+else:  # pragma: no cover
+    _LOADS_NATIVE, _STORES_NATIVE = _cffi_loads(False), _cffi_stores(False)
+    _LOADS_SWAP, _STORES_SWAP = _cffi_loads(True), _cffi_stores(True)
+
+#: where the single accesses run: "cpython" (pyvfio.core._mmio) or "cffi"
+ACCESSORS = "cpython" if _fast is not None else "cffi"
+
+
+def _tables(endian: str) -> tuple:
     if endian not in (LITTLE, BIG):
         raise errors.InvalidArgumentError(f"unknown byte order {endian!r}",
                                           remedy="use endian='little' or endian='big'")
@@ -86,14 +118,14 @@ def _tables(endian: str) -> Tuple[Dict[int, Any], Dict[int, Any]]:
     return _LOADS_SWAP, _STORES_SWAP
 
 
-def load(base: Any, off: int, width: int, endian: str = LITTLE) -> int:
-    """One load of ``width`` bytes at ``base + off`` (a cffi pointer), in the device's byte order."""
-    return int(_tables(endian)[0][width](base, off))
+def load(addr: int, width: int, endian: str = LITTLE) -> int:
+    """One load of ``width`` bytes at address ``addr``, in the device's byte order."""
+    return _tables(endian)[0][width](addr)
 
 
-def store(base: Any, off: int, width: int, value: int, endian: str = LITTLE) -> None:
-    """One store of ``width`` bytes at ``base + off``, in the device's byte order."""
-    _tables(endian)[1][width](base, off, value)
+def store(addr: int, width: int, value: int, endian: str = LITTLE) -> None:
+    """One store of ``width`` bytes at address ``addr``, in the device's byte order."""
+    _tables(endian)[1][width](addr, value)
 
 
 def copy_from(base: Any, off: int, n: int, width: int) -> bytes:
@@ -102,7 +134,7 @@ def copy_from(base: Any, off: int, n: int, width: int) -> bytes:
     if lib.pyvfio_mmio_read_n(base, off, out, n, width):
         raise errors.InvalidArgumentError(
             f"{n} bytes at {off:#x} are not a whole number of aligned {width}-byte accesses")
-    return bytes(ffi.unpack(out, n))
+    return ffi.unpack(out, n)
 
 
 def copy_to(base: Any, off: int, data: bytes, width: int) -> None:
@@ -113,15 +145,17 @@ def copy_to(base: Any, off: int, data: bytes, width: int) -> None:
 
 
 class Window:
-    """One mapped stretch ``[start, end)`` of a region, with a cffi pointer to its first byte."""
+    """One mapped stretch ``[start, end)`` of a region: a cffi pointer to its first byte
+    (``base``) and its address (``addr``)."""
 
-    __slots__ = ("start", "end", "mapping", "base")
+    __slots__ = ("start", "end", "mapping", "base", "addr")
 
     def __init__(self, start: int, size: int, mapping: Any) -> None:
         self.start = start
         self.end = start + size
         self.mapping = mapping
         self.base = ffi.from_buffer("char[]", mapping)
+        self.addr = int(ffi.cast("uintptr_t", self.base))
 
     def release(self) -> None:
         """Drop the pointer; the owner unmaps ``mapping``."""
@@ -144,20 +178,20 @@ class MmioAccess:
     * ``_mmio_pread(off, size)`` / ``_mmio_pwrite(off, data)``: the fallback;
     * ``_mmio_device``: the device name for messages.
 
-    It may set ``_mmio_whole`` to a window covering ``[0, _mmio_size)`` for
-    the fast path of :meth:`read32`/:meth:`write32`.
+    It calls :meth:`_mmio_set_whole` with a window covering ``[0,
+    _mmio_size)`` (or None when it goes away) for the fast path of
+    :meth:`read32`/:meth:`write32`: two closures that replace the methods on
+    the instance while the window lives.
     """
 
     endian: str = LITTLE
     _mmio_whole: Optional[Window] = None
     _mmio_size: int = 0
     _mmio_device: Optional[str] = None
-    _loads: Dict[int, Callable[[Any, int], int]] = \
-        _LOADS_NATIVE if NATIVE == LITTLE else _LOADS_SWAP
-    _stores: Dict[int, Callable[[Any, int, int], None]] = \
-        _STORES_NATIVE if NATIVE == LITTLE else _STORES_SWAP
-    _ld32: Callable[[Any, int], int] = _loads[4]
-    _st32: Callable[[Any, int, int], None] = _stores[4]
+    _loads: Dict[int, Any] = _LOADS_NATIVE if NATIVE == LITTLE else _LOADS_SWAP
+    _stores: Dict[int, Any] = _STORES_NATIVE if NATIVE == LITTLE else _STORES_SWAP
+    _ld32: Any = staticmethod(_loads[4])
+    _st32: Any = staticmethod(_stores[4])
 
     def _mmio_init(self, endian: str = LITTLE) -> None:
         self.set_endian(endian)
@@ -167,6 +201,34 @@ class MmioAccess:
         self._loads, self._stores = _tables(endian)
         self._ld32, self._st32 = self._loads[4], self._stores[4]
         self.endian = endian
+        self._mmio_set_whole(self._mmio_whole)
+
+    def _mmio_set_whole(self, window: Optional[Window]) -> None:
+        """Use ``window`` (covering the whole object) for the 32-bit fast path, or stop."""
+        self._mmio_whole = window
+        d = self.__dict__
+        d.pop("read32", None)
+        d.pop("write32", None)
+        if window is None:
+            return
+        addr, last, ld, st = window.addr, self._mmio_size - 4, self._ld32, self._st32
+        slow_load, slow_store = self._load, self._store
+
+        def read32(off: int) -> int:
+            """One 32-bit load at ``off``, in the device's byte order."""
+            if type(off) is int and 0 <= off <= last and not off & 3:
+                return ld(addr + off)
+            return slow_load(off, 4)
+
+        def write32(off: int, value: int) -> None:
+            """One 32-bit store at ``off``, in the device's byte order."""
+            if type(off) is int and 0 <= off <= last and not off & 3 \
+                    and type(value) is int and 0 <= value <= 0xFFFFFFFF:
+                st(addr + off, value)
+                return
+            slow_store(off, 4, value)
+
+        d["read32"], d["write32"] = read32, write32
 
     # -- what the user of the mixin provides ----------------------------------------
     def _mmio_check(self, off: int, size: int, write: bool) -> None:  # pragma: no cover
@@ -193,7 +255,7 @@ class MmioAccess:
         self._aligned(off, size, "read")
         w = self._mmio_window(off, size)
         if w is not None:
-            return self._loads[size](w.base, off - w.start)
+            return self._loads[size](w.addr + off - w.start)
         return int(struct.unpack(_FMT[self.endian, size], self._mmio_pread(off, size))[0])
 
     def _store(self, off: int, size: int, value: int) -> None:
@@ -210,7 +272,7 @@ class MmioAccess:
                 remedy=f"pass an integer from 0 to {(1 << size * 8) - 1:#x}")
         w = self._mmio_window(off, size)
         if w is not None:
-            self._stores[size](w.base, off - w.start, value)
+            self._stores[size](w.addr + off - w.start, value)
             return
         self._mmio_pwrite(off, struct.pack(_FMT[self.endian, size], value))
 
@@ -224,9 +286,6 @@ class MmioAccess:
 
     def read32(self, off: int) -> int:
         """One 32-bit load at ``off``, in the device's byte order."""
-        w = self._mmio_whole
-        if w is not None and type(off) is int and not off & 3 and 0 <= off <= self._mmio_size - 4:
-            return self._ld32(w.base, off)
         return self._load(off, 4)
 
     def read64(self, off: int) -> int:
@@ -243,11 +302,6 @@ class MmioAccess:
 
     def write32(self, off: int, value: int) -> None:
         """One 32-bit store at ``off``, in the device's byte order."""
-        w = self._mmio_whole
-        if w is not None and type(off) is int and not off & 3 \
-                and 0 <= off <= self._mmio_size - 4 and type(value) is int and 0 <= value <= 0xFFFFFFFF:
-            self._st32(w.base, off, value)
-            return
         self._store(off, 4, value)
 
     def write64(self, off: int, value: int) -> None:

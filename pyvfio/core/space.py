@@ -40,7 +40,6 @@ class IoAddressSpace(Handle):
         self._mappings: Dict[int, DmaMapping] = {}
         self._per_buffer: Dict[int, int] = {}      # id(buffer) -> its mappings here
         self._allocator: Optional[IovaAllocator] = None
-        self._closed = False
 
     # -- backend hooks --------------------------------------------------------
     def _ranges(self) -> List[Tuple[int, int]]:
@@ -141,7 +140,7 @@ class IoAddressSpace(Handle):
                 f"{pgsize:#x}", device=name,
                 remedy=f"map whole pages: round size up to a multiple of {pgsize:#x} (a "
                        "DmaBuffer is already page-aligned; use offset= in whole pages)")
-        if vaddr + size - 1 > args.U64 or (iova is not None and iova + size - 1 > args.U64):
+        if vaddr + size - 1 > args.U64:         # an IOVA past the end: the allocator says so
             raise errors.InvalidArgumentError(
                 f"{size:#x} bytes at {vaddr:#x} run past the end of the 64-bit address space",
                 device=name)
@@ -222,6 +221,16 @@ class IoAddressSpace(Handle):
         if self._allocator is not None:
             self._allocator.clear()
 
+    def release_dma(self) -> None:
+        """Remove every mapping, and what the backend pinned for them, keeping the space open.
+
+        An owner calls it while the IOMMU still exists (before detaching the
+        last group from a container, for instance).
+        """
+        self._check_open()
+        if self._mappings:
+            self.unmap_all()
+
     def iova_of(self, buffer: DmaBuffer, offset: int = 0) -> int:
         """The IOVA at which ``buffer[offset]`` is mapped."""
         self._check_open()
@@ -236,9 +245,3 @@ class IoAddressSpace(Handle):
                 return m.iova + (addr - m.vaddr)
         raise errors.IovaError(f"{buffer!r} is not mapped in {self.name}")
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError

@@ -27,6 +27,7 @@ import errno as errno_
 import mmap as _mmap
 import os
 import select
+import socket as _socket
 import threading
 from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
@@ -35,10 +36,11 @@ from pyvfio import errors
 _builtin_open = open
 
 __all__ = [
-    "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap",
+    "Kernel", "backend", "use", "open", "close", "ioctl", "mmap", "munmap", "ioperm",
     "pread", "pwrite", "read", "write", "eventfd", "poll", "path_of",
     "open_fds", "live_mappings", "ioctl_name", "memfd_create", "ftruncate", "mlock",
-    "read_file", "write_file", "modprobe",
+    "read_file", "write_file", "modprobe", "stat", "mkdir", "rmdir", "symlink", "unlink",
+    "socket",
     "FaultInjector", "fail_nth", "RELEASE_CALLS", "TYPICAL_ERRNO",
 ]
 
@@ -97,6 +99,20 @@ class Kernel:
             raise OSError(err, os.strerror(err))
         return int(fd)
 
+    def socket(self, family: int, type_: int, proto: int,
+               options: Sequence[Tuple[int, int, int]] = ()) -> int:
+        s = _socket.socket(family, type_ | _socket.SOCK_CLOEXEC, proto)
+        try:
+            for level, name, value in options:
+                s.setsockopt(level, name, value)
+        except BaseException:
+            s.close()
+            raise
+        return s.detach()
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
+
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         p = select.poll()
         for fd, events in fds:
@@ -111,6 +127,11 @@ class Kernel:
 
     def mlock(self, addr: int, length: int) -> None:
         if self._lib.mlock(self._ffi.cast("void *", addr), length) != 0:
+            err = self._ffi.errno
+            raise OSError(err, os.strerror(err))
+
+    def ioperm(self, start: int, num: int, on: bool) -> None:
+        if self._lib.pyvfio_ioperm(start, num, 1 if on else 0) != 0:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
 
@@ -215,6 +236,33 @@ def fail_nth(k: int, err: Optional[int] = None, *,
         _tls.injector = None
         with _lock:
             _armed -= 1
+
+
+# The kernel's own fail-nth (/proc/thread-self/fail-nth) is armed and read around each
+# call by pyvfio.core.faults; these four touch that file directly, never through the
+# backend, because the backend is what is being wrapped.
+
+def failnth_open(path: str) -> int:
+    """Open a thread's fail-nth file (``/proc/thread-self/fail-nth``)."""
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+def failnth_set(fd: int, n: int) -> None:
+    """Make the n-th fault-injection point of this task fail (0: disarm)."""
+    os.write(fd, str(n).encode())
+
+
+def failnth_left(fd: int) -> int:
+    """The points left before the failure (0: it fired, or nothing armed)."""
+    return int(os.pread(fd, 32, 0).split()[0])
+
+
+def failnth_close(fd: int) -> None:
+    """Disarm and close the fail-nth file."""
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
 
 
 def _inject(op: str) -> None:
@@ -458,6 +506,22 @@ def eventfd(initval: int = 0, flags: int = 0, *, what: str = "eventfd") -> int:
     return int(fd)
 
 
+def socket(family: int, type_: int, proto: int = 0, *,
+           options: Sequence[Tuple[int, int, int]] = (), what: str = "socket") -> int:
+    """socket(2) plus setsockopt(2) of ``(level, name, value)`` options; closed with :func:`close`.
+
+    Data goes through :func:`read` and :func:`write` (a netlink socket sends
+    to the kernel and receives its answers that way).
+    """
+    try:
+        fd = backend().socket(family, type_, proto, options)
+    except OSError as exc:
+        raise _fail(exc, "socket", what, None) from None
+    with _lock:
+        _fds[fd] = what
+    return fd
+
+
 def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple[int, int]]:
     """poll(2) on (fd, events) pairs; ``timeout`` in seconds, None waits forever."""
     ms = None if timeout is None else max(0, int(timeout * 1000))
@@ -467,6 +531,45 @@ def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple
         return cast("List[Tuple[int, int]]", backend().poll(fds, ms))
     except OSError as exc:
         raise _fail(exc, "poll", None, None) from None
+
+
+def stat(path: str) -> os.stat_result:
+    """stat(2) a path (owner and mode of a device node, for messages)."""
+    b = backend()
+    fn = getattr(b, "stat", None) or os.stat
+    try:
+        return fn(path)
+    except OSError as exc:
+        raise _fail(exc, "stat", path, None) from None
+
+
+def _path_call(name: str, op: str, *args: Any) -> None:
+    b = backend()
+    fn = getattr(b, name, None) or getattr(os, name)
+    try:
+        fn(*args)
+    except OSError as exc:
+        raise _fail(exc, op, str(args[-1] if name == "symlink" else args[0]), None) from None
+
+
+def mkdir(path: str, mode: int = 0o755) -> None:
+    """mkdir(2) (configfs objects are made by mkdir)."""
+    _path_call("mkdir", "mkdir", path, mode)
+
+
+def rmdir(path: str) -> None:
+    """rmdir(2)."""
+    _path_call("rmdir", "rmdir", path)
+
+
+def symlink(target: str, path: str) -> None:
+    """symlink(2): ``path`` points at ``target`` (configfs links objects so)."""
+    _path_call("symlink", "symlink", target, path)
+
+
+def unlink(path: str) -> None:
+    """unlink(2)."""
+    _path_call("unlink", "unlink", path)
 
 
 def memfd_create(name: str, flags: int = 0) -> int:
@@ -500,6 +603,19 @@ def mlock(addr: int, length: int) -> None:
         backend().mlock(addr, length)
     except OSError as exc:
         raise _fail(exc, "mlock", None, None, dma=True) from None
+
+
+def ioperm(start: int, num: int, on: bool = True, *, device: Optional[str] = None) -> None:
+    """ioperm(2): let this thread (x86) use I/O ports ``start`` .. ``start + num - 1`` (or stop)."""
+    b = backend()
+    try:
+        if not hasattr(b, "ioperm"):
+            raise OSError(38, os.strerror(38))          # ENOSYS: the backend has no ports
+        b.ioperm(start, num, on)
+    except OSError as exc:
+        raise _fail(exc, "ioperm", None, device,
+                    remedy="run as root (CAP_SYS_RAWIO) on x86; ports above 0xffff are "
+                           "out of ioperm's reach") from None
 
 
 def read_file(path: str, *, device: Optional[str] = None, op: str = "read") -> bytes:

@@ -20,7 +20,15 @@ The host places 64-byte commands in a submission queue and rings its tail
 doorbell; the controller posts 16-byte completions whose phase bit flips on
 each pass through the completion queue, and raises the queue's interrupt.
 The admin completion queue always uses interrupt vector 0: this driver
-connects MSI-X vector 0 to an eventfd and sleeps on it.
+connects MSI-X vector 0 to an eventfd and sleeps on it.  I/O queue pairs
+(:meth:`Nvme.create_io_queue`) name their own vector in Create I/O
+Completion Queue.
+
+The device may come through VFIO (a :class:`pyvfio.Device`) or UIO (a
+:class:`pyvfio.uio.UioDevice` bound to ``uio_msi``): the driver needs
+``bar(0)``, ``config``, ``msix`` (``enable``/``wait``/``disable``) and
+``dma`` (None: the controller gets bus addresses from the device's
+``bus_address`` or, failing that, physical addresses).
 """
 from __future__ import annotations
 
@@ -29,10 +37,12 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
+from pyvfio.core import mmio
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
 
 __all__ = [
-    "Nvme", "NvmeError", "Capabilities", "Completion", "ControllerInfo", "NamespaceInfo",
+    "Nvme", "NvmeError", "QueuePair", "Capabilities", "Completion", "ControllerInfo",
+    "NamespaceInfo",
     "LbaFormat", "status_text", "CLASS_CODE",
 ]
 
@@ -60,6 +70,10 @@ OPC_DELETE_IO_SQ, OPC_CREATE_IO_SQ, OPC_GET_LOG_PAGE = 0x00, 0x01, 0x02
 OPC_DELETE_IO_CQ, OPC_CREATE_IO_CQ, OPC_IDENTIFY = 0x04, 0x05, 0x06
 OPC_ABORT, OPC_SET_FEATURES, OPC_GET_FEATURES = 0x08, 0x09, 0x0A
 OPC_ASYNC_EVENT_REQUEST = 0x0C
+
+# NVM command set opcodes (I/O queues)
+OPC_FLUSH, OPC_WRITE, OPC_READ = 0x00, 0x01, 0x02
+IO_OPCODES = {OPC_FLUSH: "Flush", OPC_WRITE: "Write", OPC_READ: "Read"}
 
 ADMIN_OPCODES = {
     OPC_DELETE_IO_SQ: "Delete I/O Submission Queue",
@@ -327,6 +341,107 @@ class NamespaceInfo(NamedTuple):
 # the driver
 # ---------------------------------------------------------------------------
 
+
+class QueuePair:
+    """A submission queue and its completion queue, sharing one identifier.
+
+    ``vector`` is the interrupt the completion queue raises (None: polled).
+    Counts of interrupts received are kept in :attr:`interrupts`.
+    """
+
+    def __init__(self, nvme: "Nvme", qid: int, depth: int, vector: Optional[int]) -> None:
+        self.nvme = nvme
+        self.qid = qid
+        self.depth = depth
+        self.vector = vector
+        self.interrupts = 0
+        self.sq, self.sq_addr = nvme._alloc(depth * SQE_SIZE)
+        self.cq, self.cq_addr = nvme._alloc(depth * CQE_SIZE)
+        self.reset()
+
+    def reset(self) -> None:
+        self.sq.fill(0)
+        self.cq.fill(0)
+        self.sq_tail = self.sq_head = self.cq_head = 0
+        self.phase = 1
+        self.cid = 0
+
+    @property
+    def names(self) -> Dict[int, str]:
+        return ADMIN_OPCODES if self.qid == 0 else IO_OPCODES
+
+    def submit(self, opcode: int, *, nsid: int = 0, prp1: int = 0, prp2: int = 0,
+               cdw10: int = 0, cdw11: int = 0, cdw12: int = 0, cdw13: int = 0,
+               cdw14: int = 0, cdw15: int = 0, timeout: Optional[float] = None) -> Completion:
+        """Submit one command and wait for its completion (NvmeError on an error status)."""
+        nvme = self.nvme
+        if (self.sq_tail + 1) % self.depth == self.sq_head:
+            raise errors.BusyError(f"submission queue {self.qid} is full", device=nvme.name,
+                                   remedy=None)
+        cid = self.cid
+        self.cid = (self.cid + 1) & 0xFFFF
+        sqe = struct.pack("<IIQQQQ6I", opcode | cid << 16, nsid, 0, 0, prp1, prp2,
+                          cdw10, cdw11, cdw12, cdw13, cdw14, cdw15)
+        self.sq.write(self.sq_tail * SQE_SIZE, sqe)
+        self.sq_tail = (self.sq_tail + 1) % self.depth
+        mmio.wmb()                      # the command in memory before the doorbell rings
+        nvme.bar.write32(nvme.sq_doorbell(self.qid), self.sq_tail)
+        cqe = self._wait(cid, opcode, nvme.timeout if timeout is None else timeout)
+        if not cqe.ok:
+            what = self.names.get(opcode, "command")
+            raise NvmeError(
+                f"{what} (opcode {opcode:#04x}) failed: {status_text(cqe.sct, cqe.sc)} "
+                f"(SCT {cqe.sct:#x}, SC {cqe.sc:#04x}{', do not retry' if cqe.dnr else ''})",
+                sct=cqe.sct, sc=cqe.sc, dnr=cqe.dnr, more=cqe.more, opcode=opcode,
+                device=nvme.name, op=what)
+        return cqe
+
+    def reap(self) -> Optional[Completion]:
+        """The next completion if the controller posted one (phase matches), else None."""
+        off = self.cq_head * CQE_SIZE
+        dw3, = struct.unpack("<I", self.cq.read(off + 12, 4))
+        if (dw3 >> 16) & 1 != self.phase:
+            return None
+        mmio.dma_rmb()                  # the phase bit before the rest of the entry
+        cqe = Completion.decode(self.cq.read(off, CQE_SIZE))
+        self.cq_head += 1
+        if self.cq_head == self.depth:
+            self.cq_head = 0
+            self.phase ^= 1
+        self.sq_head = cqe.sq_head
+        self.nvme.bar.write32(self.nvme.cq_doorbell(self.qid), self.cq_head)
+        return cqe
+
+    def _wait(self, cid: int, opcode: int, timeout: float) -> Completion:
+        nvme = self.nvme
+        deadline = time.monotonic() + timeout
+        what = f"{self.names.get(opcode, 'command')} (cid {cid}, queue {self.qid})"
+        msix = nvme._msix if self.vector is not None else None
+        while True:
+            left = deadline - time.monotonic()
+            if msix is not None:
+                # sleep until the queue's vector fires, then look at the queue
+                try:
+                    self.interrupts += msix.wait(self.vector, timeout=max(left, 0.0))
+                except errors.TimedOutError:
+                    raise errors.TimedOutError(
+                        f"no completion of {what} (no MSI-X interrupt on vector "
+                        f"{self.vector}) within {timeout:g} s (CSTS={nvme.csts:#x})",
+                        device=nvme.name,
+                        remedy="check bus mastering and that MSI-X is enabled") from None
+            elif left < 0:
+                raise errors.TimedOutError(f"no completion of {what} within {timeout:g} s "
+                                           f"(CSTS={nvme.csts:#x})", device=nvme.name)
+            while True:
+                cqe = self.reap()
+                if cqe is None:
+                    break
+                if cqe.cid == cid and cqe.sq_id == self.qid:
+                    return cqe
+            if msix is None:
+                time.sleep(0.0002)
+
+
 class Nvme:
     """Drive an NVMe controller opened through VFIO (``device`` is a :class:`pyvfio.Device`).
 
@@ -338,7 +453,7 @@ class Nvme:
     """
 
     def __init__(self, device: Any, *, queue_depth: int = 32, timeout: float = 10.0,
-                 interrupts: bool = True) -> None:
+                 interrupts: bool = True, vectors: int = 1) -> None:
         self.device = device
         self.name = device.name
         self.timeout = timeout
@@ -356,24 +471,20 @@ class Nvme:
                 f"the controller's smallest memory page is {self.cap.page_size_min} bytes; "
                 "this driver uses 4 KiB pages", device=self.name)
         self.depth = max(2, min(queue_depth, self.cap.max_queue_entries, PAGE_SIZE // SQE_SIZE))
-        self.interrupts = 0             # MSI-X interrupts received
         self.use_interrupts = interrupts
         self._buffers: List[DmaBuffer] = []
         self._mapped: List[Any] = []
-        self._sq_tail = self._sq_head = self._cq_head = 0
-        self._phase = 1
-        self._cid = 0
         self._enabled = False           # accepting admin commands
         self._configured = False        # CC.EN set by us: the controller may DMA to the queues
         self._msix = None
+        self.io_queues: Dict[int, QueuePair] = {}
         try:
             device.config.enable(bus_master=True, memory=True)   # DMA and MSI-X: bus-master writes
-            self._sq, self._sq_addr = self._alloc(self.depth * SQE_SIZE)
-            self._cq, self._cq_addr = self._alloc(self.depth * CQE_SIZE)
+            self.admin_queue = QueuePair(self, 0, self.depth, 0 if interrupts else None)
             self._data, self._data_addr = self._alloc(IDENTIFY_SIZE)
             if interrupts:
                 self._msix = device.msix
-                self._msix.enable(1)
+                self._msix.enable(vectors)
             self.disable()
             self._enable()
         except BaseException:
@@ -385,6 +496,11 @@ class Nvme:
             finally:
                 self._release()
             raise
+
+    @property
+    def interrupts(self) -> int:
+        """MSI-X interrupts received for the admin queue (vector 0)."""
+        return self.admin_queue.interrupts
 
     # -- registers -----------------------------------------------------------------
     def _read64(self, off: int) -> int:
@@ -423,7 +539,8 @@ class Nvme:
         buf = DmaBuffer(size)
         self._buffers.append(buf)
         if self.device.dma is None:             # no-IOMMU: one page, physical address
-            return buf, buf.physical_address(0)
+            bus_address = getattr(self.device, "bus_address", None)
+            return buf, bus_address(buf) if bus_address is not None else buf.physical_address(0)
         mapping = self.device.dma.map(buf)
         self._mapped.append(mapping)
         return buf, mapping.iova
@@ -465,13 +582,12 @@ class Nvme:
         self._enabled = self._configured = False
 
     def _enable(self) -> None:
-        self._sq.fill(0)
-        self._cq.fill(0)
-        self._sq_tail = self._sq_head = self._cq_head = 0
-        self._phase = 1
+        aq = self.admin_queue
+        aq.reset()
+        self.io_queues.clear()          # a disabled controller forgets its I/O queues
         self.bar.write32(AQA, (self.depth - 1) << 16 | (self.depth - 1))
-        self._write64(ASQ, self._sq_addr)
-        self._write64(ACQ, self._cq_addr)
+        self._write64(ASQ, aq.sq_addr)
+        self._write64(ACQ, aq.cq_addr)
         cc = (CC_EN | 0 << CC_CSS_SHIFT | 0 << CC_MPS_SHIFT | 0 << CC_AMS_SHIFT
               | 6 << CC_IOSQES_SHIFT | 4 << CC_IOCQES_SHIFT)     # NVM set, 4 KiB pages, 64/16 B
         self._configured = True
@@ -500,66 +616,75 @@ class Nvme:
         """
         if not self._enabled:
             raise errors.ClosedError(f"NVMe controller {self.name}")
-        if (self._sq_tail + 1) % self.depth == self._sq_head:
-            raise errors.BusyError("the admin submission queue is full", device=self.name,
-                                   remedy=None)
-        cid = self._cid
-        self._cid = (self._cid + 1) & 0xFFFF
-        sqe = struct.pack("<IIQQQQ6I", opcode | cid << 16, nsid, 0, 0, prp1, prp2,
-                          cdw10, cdw11, cdw12, cdw13, cdw14, cdw15)
-        self._sq.write(self._sq_tail * SQE_SIZE, sqe)
-        self._sq_tail = (self._sq_tail + 1) % self.depth
-        self.bar.write32(self.sq_doorbell(0), self._sq_tail)
-        cqe = self._wait_completion(cid, opcode, self.timeout if timeout is None else timeout)
-        if not cqe.ok:
-            what = ADMIN_OPCODES.get(opcode, "admin command")
-            raise NvmeError(
-                f"{what} (opcode {opcode:#04x}) failed: {status_text(cqe.sct, cqe.sc)} "
-                f"(SCT {cqe.sct:#x}, SC {cqe.sc:#04x}{', do not retry' if cqe.dnr else ''})",
-                sct=cqe.sct, sc=cqe.sc, dnr=cqe.dnr, more=cqe.more, opcode=opcode,
-                device=self.name, op=what)
-        return cqe
+        return self.admin_queue.submit(opcode, nsid=nsid, prp1=prp1, prp2=prp2, cdw10=cdw10,
+                                       cdw11=cdw11, cdw12=cdw12, cdw13=cdw13, cdw14=cdw14,
+                                       cdw15=cdw15, timeout=timeout)
 
-    def _reap(self) -> Optional[Completion]:
-        """The next completion if the controller posted one (phase matches), else None."""
-        off = self._cq_head * CQE_SIZE
-        dw3, = struct.unpack("<I", self._cq.read(off + 12, 4))
-        if (dw3 >> 16) & 1 != self._phase:
-            return None
-        cqe = Completion.decode(self._cq.read(off, CQE_SIZE))
-        self._cq_head += 1
-        if self._cq_head == self.depth:
-            self._cq_head = 0
-            self._phase ^= 1
-        self._sq_head = cqe.sq_head
-        self.bar.write32(self.cq_doorbell(0), self._cq_head)
-        return cqe
+    # -- I/O queues ---------------------------------------------------------------------------
+    def create_io_queue(self, qid: int = 1, *, depth: Optional[int] = None,
+                        vector: Optional[int] = 1) -> QueuePair:
+        """Create I/O completion queue ``qid`` (raising ``vector``; None: polled, no
+        interrupts) and I/O submission queue ``qid`` that completes into it."""
+        if qid in self.io_queues or not 0 < qid < 0xFFFF:
+            raise errors.InvalidArgumentError(f"I/O queue {qid} exists or is invalid",
+                                              device=self.name)
+        depth = max(2, min(depth or self.depth, self.cap.max_queue_entries,
+                           PAGE_SIZE // SQE_SIZE))
+        polled = vector is None or self._msix is None
+        q = QueuePair(self, qid, depth, None if polled else vector)
+        self.admin(OPC_CREATE_IO_CQ, prp1=q.cq_addr, cdw10=(depth - 1) << 16 | qid,
+                   cdw11=(0 if polled else vector) << 16 | (0 if polled else 2) | 1)   # PC, IEN
+        try:
+            self.admin(OPC_CREATE_IO_SQ, prp1=q.sq_addr, cdw10=(depth - 1) << 16 | qid,
+                       cdw11=qid << 16 | 1)                       # CQID, physically contiguous
+        except BaseException:
+            self.admin(OPC_DELETE_IO_CQ, cdw10=qid)
+            raise
+        self.io_queues[qid] = q
+        return q
 
-    def _wait_completion(self, cid: int, opcode: int, timeout: float) -> Completion:
-        deadline = time.monotonic() + timeout
-        what = f"{ADMIN_OPCODES.get(opcode, 'admin command')} (cid {cid})"
-        while True:
-            left = deadline - time.monotonic()
-            if self._msix is not None:
-                # sleep until vector 0 fires, then look at the queue
-                try:
-                    self.interrupts += self._msix.wait(0, timeout=max(left, 0.0))
-                except errors.TimedOutError:
-                    raise errors.TimedOutError(
-                        f"no completion of {what} (no MSI-X interrupt on vector 0) within "
-                        f"{timeout:g} s (CSTS={self.csts:#x})", device=self.name,
-                        remedy="check bus mastering and that MSI-X is enabled") from None
-            elif left < 0:
-                raise errors.TimedOutError(f"no completion of {what} within {timeout:g} s "
-                                           f"(CSTS={self.csts:#x})", device=self.name)
-            while True:
-                cqe = self._reap()
-                if cqe is None:
-                    break
-                if cqe.cid == cid and cqe.sq_id == 0:
-                    return cqe
-            if self._msix is None:
-                time.sleep(0.0002)
+    def delete_io_queue(self, qid: int) -> None:
+        """Delete I/O submission queue ``qid`` and then its completion queue."""
+        if self.io_queues.pop(qid, None) is None:
+            raise errors.InvalidArgumentError(f"no I/O queue {qid}", device=self.name)
+        self.admin(OPC_DELETE_IO_SQ, cdw10=qid)
+        self.admin(OPC_DELETE_IO_CQ, cdw10=qid)
+
+    def _io(self, opcode: int, qid: int, nsid: int, lba: int, blocks: int,
+            buf: DmaBuffer, addr: int, block_size: int) -> Completion:
+        q = self.io_queues.get(qid)
+        if q is None:
+            raise errors.InvalidArgumentError(f"no I/O queue {qid}", device=self.name,
+                                              remedy="create it with create_io_queue()")
+        size = blocks * block_size
+        if not 0 < blocks <= 0x10000 or size > 2 * PAGE_SIZE or size > buf.size:
+            raise errors.InvalidArgumentError(
+                f"{blocks} blocks of {block_size} bytes do not fit this driver's two-page "
+                f"transfers", device=self.name)
+        prp2 = addr + PAGE_SIZE if size > PAGE_SIZE else 0
+        return q.submit(opcode, nsid=nsid, prp1=addr, prp2=prp2, cdw10=lba & 0xFFFFFFFF,
+                        cdw11=lba >> 32, cdw12=blocks - 1)
+
+    def write(self, lba: int, data: bytes, *, nsid: int = 1, qid: int = 1,
+              block_size: int = 512) -> None:
+        """Write ``data`` (whole blocks, at most a page) at ``lba`` through I/O queue ``qid``."""
+        if not data or len(data) % block_size or len(data) > PAGE_SIZE:
+            raise errors.InvalidArgumentError(
+                f"write of {len(data)} bytes: whole {block_size}-byte blocks, at most a page",
+                device=self.name)
+        self._data.fill(0)
+        self._data.write(0, data)
+        self._io(OPC_WRITE, qid, nsid, lba, len(data) // block_size, self._data,
+                 self._data_addr, block_size)
+
+    def read(self, lba: int, blocks: int = 1, *, nsid: int = 1, qid: int = 1,
+             block_size: int = 512) -> bytes:
+        """Read ``blocks`` blocks at ``lba`` through I/O queue ``qid`` (at most a page)."""
+        if blocks * block_size > PAGE_SIZE:
+            raise errors.InvalidArgumentError("reads of at most a page", device=self.name)
+        self._data.fill(0)
+        self._io(OPC_READ, qid, nsid, lba, blocks, self._data, self._data_addr, block_size)
+        return self._data.read(0, blocks * block_size)
 
     # -- Identify ---------------------------------------------------------------------------
     def identify(self, cns: int, nsid: int = 0, cntid: int = 0) -> bytes:

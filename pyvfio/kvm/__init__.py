@@ -18,7 +18,8 @@ from pyvfio.kvm import regs
 from pyvfio.kvm.device import Device, VfioDevice
 from pyvfio.kvm.system import CpuidEntry, Kvm
 from pyvfio.kvm.vcpu import EXIT_NAMES, Exit, Vcpu
-from pyvfio.kvm.vm import MemoryRegion, Vm
+from pyvfio.kvm.vm import IrqchipRoute, MemoryRegion, MsiRoute, Vm
 
 __all__ = ["Kvm", "Vm", "Vcpu", "Exit", "EXIT_NAMES", "Device", "VfioDevice", "MemoryRegion",
+           "MsiRoute", "IrqchipRoute",
            "CpuidEntry", "regs"]

@@ -104,7 +104,7 @@ class VfioDevice(Device):
                     remedy="pass a pyvfio Group (/dev/vfio/N) or a Device opened through its "
                            "cdev (/dev/vfio/devices/vfioX)") from None
             if exc.errno == _errno.EEXIST:
-                raise errors.BusyError(f"{what} is already added to this VM", errno=exc.errno,
+                raise errors.ExistsError(f"{what} is already added to this VM", errno=exc.errno,
                                        op=op, device=self.name,
                                        remedy="add each VFIO file once") from None
             if exc.errno == _errno.ENOENT:

@@ -104,7 +104,7 @@ class Vcpu(Handle):
         self._mmap = syscalls.mmap(fd, size, device=self.name, what="kvm_run")
         self._run = ffi.from_buffer("struct kvm_run *", self._mmap)
         self._one = ffi.new("struct kvm_one_reg *")
-        self._regbuf = ffi.new("uint8_t[256]")
+        self._regbuf = ffi.new("uint64_t[32]")       # 256 bytes: the widest ONE_REG (U2048)
         self._one.addr = int(ffi.cast("uintptr_t", self._regbuf))
         self._onereg_name = {lib.KVM_GET_ONE_REG: "KVM_GET_ONE_REG",
                              lib.KVM_SET_ONE_REG: "KVM_SET_ONE_REG"}
@@ -260,6 +260,8 @@ class Vcpu(Handle):
                 remedy="give a buffer of the size the id encodes (pyvfio.kvm.regs.size_of)")
         self._one_reg(lib.KVM_GET_ONE_REG, reg_id)
         _SIZE[reg_id] = size
+        if size == 8 and into is None:                # the common case, without a buffer object
+            return self._regbuf[0]
         if into is not None:
             into[:] = ffi.buffer(self._regbuf, size)
             return bytes(into)
@@ -281,6 +283,11 @@ class Vcpu(Handle):
                 raise errors.RegisterIdError(
                     f"{value:#x} does not fit {_regs.describe(reg_id)}", device=self.name,
                     op="KVM_SET_ONE_REG", remedy=f"give a value of 0..2**{8 * size}-1")
+            if size == 8:
+                self._regbuf[0] = value
+                self._one_reg(lib.KVM_SET_ONE_REG, reg_id)
+                _SIZE[reg_id] = size
+                return
             data = value.to_bytes(size, "little")
         else:
             data = bytes(args.data(value, "register value", device=self.name))
@@ -291,6 +298,7 @@ class Vcpu(Handle):
                     remedy="give exactly the size the id encodes (pyvfio.kvm.regs.size_of)")
         ffi.memmove(self._regbuf, data, size)
         self._one_reg(lib.KVM_SET_ONE_REG, reg_id)
+        _SIZE[reg_id] = size
 
     def reg_list(self) -> List[int]:
         """KVM_GET_REG_LIST: every register id this vCPU offers through ONE_REG."""

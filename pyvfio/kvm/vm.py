@@ -1,7 +1,8 @@
 """A VM fd: memory slots, the in-kernel IRQ chip, devices, irqfd and ioeventfd."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
+import errno as _errno
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from pyvfio import errors
 from pyvfio.core import args
@@ -16,7 +17,22 @@ if TYPE_CHECKING:
     from pyvfio.kvm.system import Kvm
     from pyvfio.kvm.vcpu import Vcpu
 
-__all__ = ["Vm", "MemoryRegion", "fd_of"]
+__all__ = ["Vm", "MemoryRegion", "MsiRoute", "IrqchipRoute", "fd_of"]
+
+
+class MsiRoute(NamedTuple):
+    """A GSI that KVM delivers as the MSI ``address``/``data`` (KVM_IRQ_ROUTING_MSI)."""
+    gsi: int
+    address: int
+    data: int
+
+
+class IrqchipRoute(NamedTuple):
+    """A GSI wired to ``pin`` of an in-kernel ``irqchip`` (KVM_IRQ_ROUTING_IRQCHIP;
+    x86: lib.KVM_IRQCHIP_PIC_MASTER/PIC_SLAVE/IOAPIC)."""
+    gsi: int
+    irqchip: int
+    pin: int
 
 
 class MemoryRegion(NamedTuple):
@@ -154,6 +170,41 @@ class Vm(Handle):
         arg = ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
         self._ioctl(lib.KVM_IRQ_LINE, arg)
 
+    def set_gsi_routing(self, routes: "Sequence[Union[MsiRoute, IrqchipRoute]]") -> None:
+        """KVM_SET_GSI_ROUTING: replace the whole GSI routing table with ``routes``.
+
+        An irqfd on an MSI route is how a VMM hands a VFIO device's MSI vector
+        to the guest without a trip through user space.
+        """
+        self._check_open()
+        n = len(routes)
+        buf = ffi.new("char[]", ffi.sizeof("struct kvm_irq_routing")
+                      + n * ffi.sizeof("struct kvm_irq_routing_entry"))
+        table = ffi.cast("struct kvm_irq_routing *", buf)
+        table.nr = n
+        for i, r in enumerate(routes):
+            e = table.entries[i]
+            e.gsi = r.gsi
+            if isinstance(r, MsiRoute):
+                e.type = lib.KVM_IRQ_ROUTING_MSI
+                e.u.msi.address_lo = r.address & 0xFFFFFFFF
+                e.u.msi.address_hi = r.address >> 32
+                e.u.msi.data = r.data
+            elif isinstance(r, IrqchipRoute):
+                e.type = lib.KVM_IRQ_ROUTING_IRQCHIP
+                e.u.irqchip.irqchip = r.irqchip
+                e.u.irqchip.pin = r.pin
+            else:
+                raise errors.InvalidArgumentError(
+                    f"route {r!r} is neither an MsiRoute nor an IrqchipRoute", device=self.name)
+        self._ioctl(lib.KVM_SET_GSI_ROUTING, table)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """KVM_SIGNAL_MSI: inject one MSI; >0 delivered, 0 blocked by the guest."""
+        msi = ffi.new("struct kvm_msi *", {"address_lo": address & 0xFFFFFFFF,
+                                           "address_hi": address >> 32, "data": data})
+        return self._ioctl(lib.KVM_SIGNAL_MSI, msi)
+
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR (x86, Intel): three pages KVM uses to run real mode without
         unrestricted guest; call before creating vCPUs."""
@@ -196,7 +247,19 @@ class Vm(Handle):
         from pyvfio.kvm.device import Device, VfioDevice
         arg = ffi.new("struct kvm_create_device *", {
             "type": dev_type, "flags": lib.KVM_CREATE_DEVICE_TEST if test else 0})
-        self._ioctl(lib.KVM_CREATE_DEVICE, arg)
+        try:
+            self._ioctl(lib.KVM_CREATE_DEVICE, arg)
+        except errors.PyvfioError as exc:
+            if exc.errno != _errno.ENODEV:
+                raise
+            names = [n for n in dir(lib) if n.startswith("KVM_DEV_TYPE_")
+                     and getattr(lib, n) == dev_type and n != "KVM_DEV_TYPE_MAX"]
+            what = names[0] if names else f"device type {dev_type}"
+            raise errors.NotSupportedError(
+                f"this kernel's KVM has no {what}", errno=exc.errno, op="KVM_CREATE_DEVICE",
+                device=self.name, remedy="the type belongs to another architecture or to a "
+                "KVM option this kernel lacks (e.g. CONFIG_KVM_VFIO for KVM_DEV_TYPE_VFIO)"
+            ) from None
         if test:
             return None
         fd = syscalls.adopt(arg.fd, f"kvm-device type {dev_type} fd (of {self.name})")

@@ -16,7 +16,7 @@ from pyvfio.lab.errors import KernelPackageError, ModuleBuildError, ToolMissingE
 from pyvfio.lab.initramfs import build_initramfs
 from pyvfio.lab.kernel import Kernel, get_kernel
 from pyvfio.lab.machine import MachineConfig, RunResult, find_qemu, run_guest
-from pyvfio.lab.oot import STOCK_EXTRAS, build_modules
+from pyvfio.lab.oot import build_modules, extras_for
 
 __all__ = ["LabOptions", "BootImage", "PASSED_ENV", "prepare", "guest_env", "shared_dirs",
            "repo_dir", "command_line", "run"]
@@ -64,18 +64,18 @@ class BootImage:
 def prepare(flavour: str) -> BootImage:
     """Fetch or build the kernel of ``flavour`` and its initramfs (cached after the first time).
 
-    For the stock kernel this includes the out-of-tree modules of
-    :data:`~pyvfio.lab.oot.STOCK_EXTRAS` (vdpa_sim); a set that cannot be
-    built is left out, with a warning.
+    This includes the out-of-tree modules of :func:`~pyvfio.lab.oot.extras_for`
+    the kernel (vdpa_sim for stock, the project's uio_msi for both); a set
+    that cannot be built is left out, with a warning.
     """
     kernel = get_kernel(flavour)
     extra: List[Path] = []
     notes: List[str] = []
-    for modules in STOCK_EXTRAS if flavour == "stock" else ():
+    for modules in extras_for(flavour):
         try:
             extra.append(build_modules(kernel, modules))
         except (ToolMissingError, ModuleBuildError, KernelPackageError) as exc:
-            notes.append(f"{modules.name} modules unavailable in the stock guest: {exc}")
+            notes.append(f"{modules.name} modules unavailable in the {flavour} guest: {exc}")
             warn(notes[-1])
     return BootImage(kernel, build_initramfs(kernel, extra), tuple(notes))
 

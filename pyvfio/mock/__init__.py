@@ -23,6 +23,8 @@ Layout (no module imports :mod:`pyvfio.mock.kernel` but this one)::
     pci/           family "pci": PciFunction, EduModel, SysfsTree (the one fake sysfs)
     vfio/          family "vfio": container, groups, vfio-pci, type1, sPAPR TCE
     kvm.py         family "kvm": /dev/kvm with LoongArch ONE_REG rules, the KVM-VFIO device
+    uio.py         family "uio": uio_pci_generic and uio_msi, /sys/class/uio, /dev/uioN
+    vhost.py       family "vhost": /dev/vhost-net (loopback data path), -vsock, -scsi, /dev/net/tun
 
 Adding a family (mock/vhost, mock/uio, mock/kvm, mock/vdpa ...)
 ----------------------------------------------------------------
@@ -64,6 +66,9 @@ from pyvfio.mock import iommu as _iommu  # noqa: F401  (registers "iommu")
 from pyvfio.mock import iommufd as _iommufd  # noqa: F401  (registers "iommufd")
 from pyvfio.mock import kvm as _kvm  # noqa: F401  (registers "kvm")
 from pyvfio.mock import vfio as _vfio  # noqa: F401  (registers "vfio")
+from pyvfio.mock import uio as _uio  # noqa: F401  (registers "uio")
+from pyvfio.mock import vhost as _vhost  # noqa: F401  (registers "vhost")
+from pyvfio.mock import vdpa as _vdpa  # noqa: F401  (registers "vdpa")
 from pyvfio.mock.core.uaccess import DmaFault
 from pyvfio.mock.kernel import MockKernel
 from pyvfio.mock.pci import BarSpec, EduModel, PciFunction, SysfsTree

@@ -101,8 +101,13 @@ class MockKernel:
         self._writers.append((os.path.abspath(prefix), writer))
 
     def install(self, f: MockFile) -> int:
-        """Give ``f`` a descriptor (a real one, so numbers are unique)."""
-        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        """Give ``f`` a descriptor (a real one, so numbers are unique).
+
+        A file with an ``open_fd()`` method supplies its own (e.g. an eventfd
+        that poll(2) sees become readable); otherwise it is a /dev/null.
+        """
+        opener = getattr(f, "open_fd", None)
+        fd = opener() if opener is not None else os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._files[fd] = f.get()
         return fd
 
@@ -226,6 +231,17 @@ class MockKernel:
                 ret = f.rw(None, len(data), bytes(data))
             self._service()
             return ret
+
+    def socket(self, family: int, type_: int, proto: int,
+               options: Sequence[Tuple[int, int, int]] = ()) -> int:
+        """A socket a family models (``Family.socket``), else a real one."""
+        with self._lock:
+            for fam in self._families.values():
+                make = getattr(fam, "socket", None)
+                f = make(family, type_, proto) if make is not None else None
+                if f is not None:
+                    return self.install(f)
+        return self._real.socket(family, type_, proto, options)
 
     def poll(self, fds: Sequence[Tuple[int, int]], timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         with self._lock:

@@ -169,12 +169,14 @@ class PciDevice:
     @property
     def header_type(self) -> Optional[int]:
         """Configuration header layout (0 endpoint, 1 PCI bridge, 2 CardBus), from ``config``."""
+        from pyvfio.core.uapi import lib
         try:
-            with open(self._attr_path("config"), "rb") as f:
-                head = f.read(0x10)
+            head = syscalls.read_file(self._attr_path("config"), device=self.name)
         except OSError:
             return None
-        return head[0x0E] & 0x7F if len(head) > 0x0E else None
+        if len(head) <= lib.PCI_HEADER_TYPE:
+            return None
+        return head[lib.PCI_HEADER_TYPE] & lib.PCI_HEADER_TYPE_MASK
 
     @property
     def numa_node(self) -> Optional[int]:

@@ -76,7 +76,8 @@ class Container(IoAddressSpace):
                 raise errors.NotSupportedError(
                     f"VFIO API version {version}, expected {lib.VFIO_API_VERSION}", path=self.path)
         except BaseException:
-            self._release()
+            self._close_fd()
+            self._closed = True
             raise
 
     # -- extensions and IOMMU model ------------------------------------------
@@ -265,25 +266,26 @@ class Container(IoAddressSpace):
             super()._unmap_everything()
 
     # -- lifetime ------------------------------------------------------------------
-    def _release(self) -> None:
+    def _close_fd(self) -> None:
         if getattr(self, "fd", None) is not None:
             syscalls.close(self.fd)
             self.fd = None  # type: ignore[assignment]  # closed: no fd
-        self._closed = True
 
-    def close(self) -> None:
+    def release_dma(self) -> None:
+        """Unmap everything and unregister sPAPR memory (needs the IOMMU: a group attached)."""
+        if self._mappings:
+            self.unmap_all()
+        for vaddr, size in list(self._registered.items()):
+            self.unregister_memory(vaddr, size)
+
+    def _release(self) -> None:
         """Unmap everything, unregister sPAPR memory, detach groups, close the container."""
-        if self._closed:
-            return
         try:
-            if self._mappings:
-                self.unmap_all()
-            for vaddr, size in list(self._registered.items()):
-                self.unregister_memory(vaddr, size)
+            self.release_dma()
         finally:
             for g in list(self.groups):
                 g.unset_container()
-            self._release()
+            self._close_fd()
 
     def __repr__(self) -> str:
         return (f"<Container {self.path} iommu={self.iommu_name} groups={len(self.groups)} "

@@ -86,12 +86,8 @@ class Device(Handle):
             raise
 
     # -- state ------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return getattr(self, "fd", None) is None
-
     def _check_open(self) -> int:
-        if self.fd is None:
+        if self._closed or self.fd is None:
             raise errors.ClosedError(f"VFIO device {self.name}", device=self.name)
         return self.fd
 
@@ -250,11 +246,9 @@ class Device(Handle):
         return Features(self)
 
     # -- lifetime --------------------------------------------------------------------
-    def close(self) -> None:
+    def _release(self) -> None:
         """Disable interrupts, unmap BARs, remove DMA mappings, close the fd, then what was
         opened for it (group before container, the IOAS with its iommufd)."""
-        if self.fd is None and not self._owned:
-            return
         first_error = None
         for q in list(self._irqs.values()):
             try:
@@ -266,11 +260,12 @@ class Device(Handle):
         self._irqs.clear()
         self._regions.clear()
         # unmap DMA while the IOMMU still exists: detaching the container's last
-        # group drops its type1 IOMMU, and an unmap after that fails (EINVAL)
+        # group drops its IOMMU, and an unmap (or sPAPR unregister) after that
+        # fails with EINVAL
         dma = self.dma
         if dma is not None and not dma.closed:
             try:
-                dma.unmap_all()
+                dma.release_dma()
             except errors.PyvfioError as exc:
                 first_error = first_error or exc
         if self.fd is not None:

@@ -40,10 +40,10 @@ class Group(Handle):
 
     @property
     def closed(self) -> bool:
-        return getattr(self, "fd", None) is None
+        return self._closed or getattr(self, "fd", None) is None
 
     def _check_open(self) -> int:
-        if self.fd is None:
+        if self._closed or self.fd is None:
             raise errors.ClosedError(f"VFIO group {self.path}", path=self.path)
         return self.fd
 
@@ -98,10 +98,8 @@ class Group(Handle):
         dfd = syscalls.ioctl(fd, lib.VFIO_GROUP_GET_DEVICE_FD, cname, device=name)
         return syscalls.adopt(dfd, f"{self.path}:{name}")
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Detach from the container and close the group node."""
-        if self.fd is None:
-            return
         try:
             self.unset_container()
         finally:

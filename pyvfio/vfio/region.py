@@ -76,7 +76,6 @@ class Region(MmioAccess, Handle):
         self.offset = self.info.offset
         self.flags = self.info.flags
         self._areas: List[Window] = []
-        self._mmio_whole: Optional[Window] = None  # fast path: one window covering the region
         self._mmio_size = self.size
         self._mmio_device = device.name
         self._mmio_init(endian)
@@ -139,12 +138,12 @@ class Region(MmioAccess, Handle):
             self.munmap()
             raise
         if len(self._areas) == 1 and self._areas[0].start == 0 and self._areas[0].end == self.size:
-            self._mmio_whole = self._areas[0]
+            self._mmio_set_whole(self._areas[0])
         return self
 
     def munmap(self) -> None:
         """Remove the mappings; accesses go through pread/pwrite afterwards."""
-        self._mmio_whole = None
+        self._mmio_set_whole(None)
         areas, self._areas = self._areas, []
         for a in areas:
             a.release()

@@ -122,3 +122,12 @@ def test_ambiguous_ioctl_numbers_are_named_by_node():
     assert syscalls.ioctl_name(lib.VFIO_IOMMU_UNMAP_DMA, "/dev/vfio/vfio") == "VFIO_IOMMU_UNMAP_DMA"
     assert syscalls.ioctl_name(lib.VFIO_GROUP_GET_STATUS, "/dev/vfio/12") == "VFIO_GROUP_GET_STATUS"
     assert syscalls.ioctl_name(lib.VFIO_DEVICE_RESET, "/dev/vfio/devices/vfio0") == "VFIO_DEVICE_RESET"
+
+
+@pytest.mark.host
+def test_eexist_is_exists_error_with_a_remedy():
+    e = errors.from_errno(errno.EEXIST, op="VFIO_IOMMU_MAP_DMA", device="0000:00:10.0")
+    assert type(e) is errors.ExistsError and isinstance(e, FileExistsError)
+    assert e.errno == errno.EEXIST and e.device == "0000:00:10.0"
+    assert "unmap the mapping that overlaps" in e.remedy and "iova=None" in e.remedy
+    assert str(e).startswith("VFIO_IOMMU_MAP_DMA: 0000:00:10.0: File exists [EEXIST]")

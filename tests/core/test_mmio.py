@@ -31,7 +31,7 @@ class Memory(mmio.MmioAccess):
         self.size = self._mmio_size = size
         self._mmio_device = "test-memory"
         self.win = mmio.Window(0, size, self.m) if mapped else None
-        self._mmio_whole = self.win
+        self._mmio_set_whole(self.win)
         self.calls: List[tuple] = []
 
     def _mmio_check(self, off: int, size: int, write: bool) -> None:
@@ -50,6 +50,7 @@ class Memory(mmio.MmioAccess):
         self.m[off:off + len(data)] = data
 
     def close(self) -> None:
+        self._mmio_set_whole(None)
         if self.win is not None:
             self.win.release()
         self.m.close()
@@ -221,7 +222,7 @@ def test_each_accessor_is_one_memory_access(arch, tmp_path):
     names = [line.split("(")[0].split()[-1].lstrip("*")
              for line in _build_uapi.MMIO_CDEF.strip().splitlines()]
     src = tmp_path / "mmio.c"
-    src.write_text(_build_uapi.MMIO_SOURCE + "void *keep[] = {" + ", ".join(names) + "};\n")
+    src.write_text(_build_uapi.mmio_source() + "void *keep[] = {" + ", ".join(names) + "};\n")
     asm = subprocess.run([COMPILERS[arch], "-O2", "-S", "-o", "-", str(src)],
                          capture_output=True, text=True, check=True).stdout
     funcs = _functions(asm)
@@ -250,3 +251,27 @@ def test_built_binding_stores_once():
         body = [ln.split("\t", 1)[-1] for ln in m.group(1).splitlines()]
         body = body[:next(i for i, ln in enumerate(body) if ln.strip().startswith("ret")) + 1]
         assert len([ln for ln in body if "(" in ln]) == 1, (name, body)
+
+
+@pytest.mark.host
+def test_the_cpython_accessors_are_built_and_used():
+    """pyvfio.core._mmio compiles mmio_access.h too; its calls keep the GIL (no release per access)."""
+    from pyvfio.core import _mmio
+    assert mmio.ACCESSORS == "cpython"
+    m = mmap.mmap(-1, 4096)
+    w = mmio.Window(0, 4096, m)
+    try:
+        _mmio.write32(w.addr + 8, 0x11223344)
+        _mmio.write16_swap(w.addr + 12, 0x1234)
+        _mmio.write64(w.addr + 16, 1 << 63)
+        assert m[8:24] == bytes.fromhex("44332211" "1234" "0000" "0000000000000080")
+        assert (_mmio.read32(w.addr + 8), _mmio.read32_swap(w.addr + 8)) == (0x11223344, 0x44332211)
+        assert _mmio.read64(w.addr + 16) == 1 << 63 and _mmio.read8(w.addr + 11) == 0x11
+        with pytest.raises(OverflowError):
+            _mmio.write16(w.addr, 0x10000)
+        with pytest.raises(TypeError):
+            _mmio.read32()
+        assert m[0:2] == b"\0\0"
+    finally:
+        w.release()
+        m.close()

@@ -57,6 +57,8 @@ class Asm:
     def mov_ax_mem(self, off: int): return self.emit(0xA1, self.w(off))
     def mov_mem_imm16(self, off: int, v: int): return self.emit(0xC7, 0x06, self.w(off), self.w(v))
     def inc_mem16(self, off: int): return self.emit(0xFF, 0x06, self.w(off))
+    def mov_es_mem32_imm(self, off: int, v: int):
+        return self.emit(0x66, 0x26, 0xC7, 0x06, self.w(off), v.to_bytes(4, "little"))
     def dec_cx(self): return self.emit(0x49)
     def cli(self): return self.emit(0xFA)
     def sti(self): return self.emit(0xFB)

@@ -111,3 +111,30 @@ def test_pc_through_one_reg_runs_to_mmio(vcpu, alarm):
             ("MMIO", 0x10000000, 8, True, 0x42)
         assert vcpu.get_reg(arm64.core("x1")) == 0x42
         vcpu.vm.delete_user_memory_region(0)
+
+
+def test_ioeventfd_counts_mmio_writes_without_exit(vcpu, alarm):
+    """N stores of the matching value complete in the kernel; the other one exits."""
+    from pyvfio.core.eventfd import EventFd
+    n = 7
+    code = [0xD2A20000,             # movz x0, #0x1000, lsl #16   (x0 = 0x10000000)
+            0xD2800841,             # movz x1, #0x42
+            0xD2800002 | n << 5,    # movz x2, #n
+            0xF9000001,             # loop: str x1, [x0]
+            0xF1000442,             # subs x2, x2, #1
+            0x54FFFFC1,             # b.ne loop
+            0xD2801321,             # movz x1, #0x99
+            0xF9000001,             # str x1, [x0]
+            0x14000000]             # b .
+    with DmaBuffer(0x10000) as mem, EventFd("ioeventfd") as efd:
+        mem.write(0x100, b"".join(c.to_bytes(4, "little") for c in code))
+        vcpu.vm.set_user_memory_region(0, 0x100000, mem)
+        vcpu.vm.register_ioevent(efd, 0x10000000, 8, datamatch=0x42)
+        vcpu.set_reg(arm64.core("pc"), 0x100100)
+        alarm(120)
+        ex = vcpu.run()
+        alarm(0)
+        assert (ex.name, ex.address, ex.length, ex.value) == ("MMIO", 0x10000000, 8, 0x99)
+        assert efd.pending() == n
+        vcpu.vm.unregister_ioevent(efd, 0x10000000, 8, datamatch=0x42)
+        vcpu.vm.delete_user_memory_region(0)

@@ -49,7 +49,7 @@ def test_file_add_del_group_or_cdev(vfio_edu, kvm_for):
         file = dev if vfio_edu.path == "iommufd" else dev.group
         kvfio.file_add(file)
         assert list(kvfio.files.values()) == [file]
-        with pytest.raises(errors.BusyError, match="already added") as e:
+        with pytest.raises(errors.ExistsError, match="already added") as e:
             kvfio.file_add(file)
         assert e.value.errno == errno.EEXIST
         kvfio.file_del(file)

@@ -187,3 +187,46 @@ def test_system_fd_answers(real_kvm, leaks):
     with open("/proc/cpuinfo") as f:
         cpu_vendor = next(line.split(":")[1].strip() for line in f if line.startswith("vendor_id"))
     assert vendor == cpu_vendor
+
+
+MSI_VECTOR = 0x30
+LAPIC = 0xFEE00000
+
+
+def _msi_guest() -> bytes:
+    """ES is based at the local APIC's page (set through sregs): enable the APIC, count
+    vector 0x30 in its handler, EOI through the APIC."""
+    a = Asm()
+    a.xor_ax_ax().mov_ds_ax().mov_ss_ax().mov_sp(0x3000)
+    a.mov_mem_label(MSI_VECTOR * 4, "handler").mov_mem_imm16(MSI_VECTOR * 4 + 2, 0)
+    a.mov_es_mem32_imm(0xF0, 0x1FF)              # SVR: APIC software-enabled, spurious 0xff
+    a.label("loop").cli()
+    a.mov_ax_mem(COUNTER).out_imm_ax(0x10)
+    a.sti().hlt()
+    a.jmp("loop")
+    a.label("handler").inc_mem16(COUNTER)
+    a.mov_es_mem32_imm(0xB0, 0)                  # EOI
+    a.iret()
+    return a.assemble()
+
+
+def test_irqfd_on_an_msi_route_and_signal_msi(machine):
+    """A VMM's MSI path: an eventfd on a GSI routed as MSI, and KVM_SIGNAL_MSI."""
+    from pyvfio.kvm import MsiRoute
+    vcpu = machine.load(_msi_guest(), irqchip=True)
+    s = vcpu.get_sregs()
+    s.es.base = LAPIC                            # big real mode: ES reaches the APIC page
+    vcpu.set_sregs(s)
+    machine.vm.set_gsi_routing([MsiRoute(gsi=24, address=LAPIC, data=MSI_VECTOR)])
+    with EventFd("msi irqfd") as efd:
+        machine.vm.register_irqfd(efd, 24)
+        ex = machine.run()
+        assert (ex.name, ex.port, ex.value) == ("IO", 0x10, 0)
+        for i in range(1, N + 1):
+            efd.signal()
+            ex = machine.run()
+            assert (ex.name, ex.port, ex.value) == ("IO", 0x10, i)
+        assert machine.vm.signal_msi(LAPIC, MSI_VECTOR) == 1
+        ex = machine.run()
+        assert (ex.name, ex.port, ex.value) == ("IO", 0x10, N + 1)
+        machine.vm.unregister_irqfd(efd, 24)

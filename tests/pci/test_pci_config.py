@@ -13,11 +13,9 @@ from typing import List, Tuple
 import pytest
 
 from pyvfio.errors import InvalidArgumentError, OutOfBoundsError, PyvfioError
-from pyvfio.pci.config import (
-    CAP_ID_EXP, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PM, CAP_ID_SSVID, CAP_ID_VNDR,
-    EXT_CAP_ID_ACS, EXT_CAP_ID_DSN, EXT_CAP_ID_ERR, EXT_CAP_ID_SRIOV, Bar, BufferSpace,
-    Capability, CapabilityListError, PciConfig, PcieType, PowerState, cap_name, ext_cap_name,
-)
+from pyvfio.core.uapi import lib
+from pyvfio.pci.caps import Bar, Capability, PcieType, PowerState, cap_name, ext_cap_name
+from pyvfio.pci.config import BufferSpace, CapabilityListError, PciConfig
 
 pytestmark = pytest.mark.host
 
@@ -56,11 +54,13 @@ class FakeSpace:
         return self
 
     def header(self, vendor: int, device: int, *, revision: int, class_code: int,
-               status: int = 0x0010, command: int = 0, header_type: int = 0,
+               status: int = lib.PCI_STATUS_CAP_LIST, command: int = 0, header_type: int = 0,
                cap_ptr: int = 0) -> "FakeSpace":
-        self.u16(0x00, vendor).u16(0x02, device).u16(0x04, command).u16(0x06, status)
-        self.u32(0x08, (class_code << 8) | revision).u8(0x0e, header_type)
-        return self.u8(0x34, cap_ptr)
+        self.u16(lib.PCI_VENDOR_ID, vendor).u16(lib.PCI_DEVICE_ID, device)
+        self.u16(lib.PCI_COMMAND, command).u16(lib.PCI_STATUS, status)
+        self.u32(lib.PCI_REVISION_ID, (class_code << 8) | revision)
+        self.u8(lib.PCI_HEADER_TYPE, header_type)
+        return self.u8(lib.PCI_CAPABILITY_LIST, cap_ptr)
 
     def cap(self, off: int, cap_id: int, nxt: int) -> "FakeSpace":
         return self.u8(off, cap_id).u8(off + 1, nxt)
@@ -76,7 +76,7 @@ def edu() -> FakeSpace:
     s.u32(0x10, 0xfea00000)                       # BAR0: 32-bit memory, not prefetchable
     s.u16(0x2c, 0x1af4).u16(0x2e, 0x1100)         # QEMU's default subsystem IDs
     s.u8(0x3c, 11).u8(0x3d, 1)                    # INTA#
-    s.cap(0x40, CAP_ID_MSI, 0x00).u16(0x42, 0x0080)   # 64-bit, 1 vector, no masking
+    s.cap(0x40, lib.PCI_CAP_ID_MSI, 0x00).u16(0x42, 0x0080)   # 64-bit, 1 vector, no masking
     return s
 
 
@@ -94,13 +94,13 @@ def qemu_nvme() -> FakeSpace:
     s.u16(0x2c, 0x1af4).u16(0x2e, 0x1100)
     s.u8(0x3c, 10).u8(0x3d, 1)
     # MSI-X: 65 vectors (size-1 = 64), table BAR0+0x2000, PBA BAR0+0x3000
-    s.cap(0x40, CAP_ID_MSIX, 0x80).u16(0x42, 64).u32(0x44, 0x2000).u32(0x48, 0x3000)
+    s.cap(0x40, lib.PCI_CAP_ID_MSIX, 0x80).u16(0x42, 64).u32(0x44, 0x2000).u32(0x48, 0x3000)
     # PCIe v2 endpoint: MPS 128 B, RBER + FLR, MRRS 512 B, link 2.5 GT/s x1
-    s.cap(0x80, CAP_ID_EXP, 0x60).u16(0x82, 0x0002)
+    s.cap(0x80, lib.PCI_CAP_ID_EXP, 0x60).u16(0x82, 0x0002)
     s.u32(0x84, 0x10008000).u16(0x88, 0x2000)
     s.u32(0x8c, 0x00000011).u16(0x92, 0x0011)
     # PM 1.2 (version 3), D0, No_Soft_Reset
-    s.cap(0x60, CAP_ID_PM, 0x00).u16(0x62, 0x0003).u16(0x64, 0x0008)
+    s.cap(0x60, lib.PCI_CAP_ID_PM, 0x00).u16(0x62, 0x0003).u16(0x64, 0x0008)
     return s
 
 
@@ -118,24 +118,24 @@ def intel_nic() -> FakeSpace:
     s.u16(0x2c, 0x8086).u16(0x2e, 0x0001)
     s.u8(0x3c, 0xff).u8(0x3d, 1)
     # PM: version 3, DSI, PME from D0/D3hot/D3cold; PMCSR data scale 1
-    s.cap(0x40, CAP_ID_PM, 0x50).u16(0x42, 0xc823).u16(0x44, 0x2000)
+    s.cap(0x40, lib.PCI_CAP_ID_PM, 0x50).u16(0x42, 0xc823).u16(0x44, 0x2000)
     # MSI: 64-bit, per-vector masking, 1 vector, enabled
-    s.cap(0x50, CAP_ID_MSI, 0x70).u16(0x52, 0x0181)
+    s.cap(0x50, lib.PCI_CAP_ID_MSI, 0x70).u16(0x52, 0x0181)
     s.u32(0x54, 0xfee00000).u32(0x58, 0x00000000).u16(0x5c, 0x4021)
     s.u32(0x60, 0x00000000).u32(0x64, 0x00000001)
     # MSI-X: 10 vectors, table BAR3+0, PBA BAR3+0x2000, enabled, function masked
-    s.cap(0x70, CAP_ID_MSIX, 0xa0).u16(0x72, 0xc009).u32(0x74, 0x00000003).u32(0x78, 0x2003)
+    s.cap(0x70, lib.PCI_CAP_ID_MSIX, 0xa0).u16(0x72, 0xc009).u32(0x74, 0x00000003).u32(0x78, 0x2003)
     # PCIe v2 endpoint: MPS supported 512 B, FLR; MPS 256 B, MRRS 512 B; 5 GT/s x4
-    s.cap(0xa0, CAP_ID_EXP, 0x00).u16(0xa2, 0x0002)
+    s.cap(0xa0, lib.PCI_CAP_ID_EXP, 0x00).u16(0xa2, 0x0002)
     s.u32(0xa4, 0x10008002).u16(0xa8, 0x2020)
     s.u32(0xac, 0x00000042).u16(0xb2, 0x0042)
     # AER v2 -> DSN -> SR-IOV
-    s.ecap(0x100, EXT_CAP_ID_ERR, 2, 0x140)
+    s.ecap(0x100, lib.PCI_EXT_CAP_ID_ERR, 2, 0x140)
     s.u32(0x104, 0x00004000).u32(0x108, 0x00000000).u32(0x10c, 0x00062030)
     s.u32(0x110, 0x00002000).u32(0x114, 0x00002000)
-    s.ecap(0x140, EXT_CAP_ID_DSN, 1, 0x160)
+    s.ecap(0x140, lib.PCI_EXT_CAP_ID_DSN, 1, 0x160)
     s.u32(0x144, SERIAL & 0xffffffff).u32(0x148, SERIAL >> 32)
-    s.ecap(0x160, EXT_CAP_ID_SRIOV, 1, 0x000)
+    s.ecap(0x160, lib.PCI_EXT_CAP_ID_SRIOV, 1, 0x000)
     s.u32(0x164, 0x00000000).u16(0x168, 0x0000)
     s.u16(0x16c, 7).u16(0x16e, 7).u16(0x170, 0)          # initial, total, num VFs
     s.u16(0x174, 0x180).u16(0x176, 4).u16(0x17a, 0x1520)  # offset, stride, VF device
@@ -148,11 +148,11 @@ def root_port() -> FakeSpace:
     s = FakeSpace(4096)
     s.header(0x8086, 0xa74d, revision=0x01, class_code=0x060400, cap_ptr=0x40,
              header_type=0x01, command=0x0007)
-    s.cap(0x40, CAP_ID_EXP, 0x80).u16(0x42, 0x0142)    # v2, root port, slot
+    s.cap(0x40, lib.PCI_CAP_ID_EXP, 0x80).u16(0x42, 0x0142)    # v2, root port, slot
     s.u32(0x44, 0x00008001).u16(0x48, 0x5020)
     s.u32(0x4c, 0x0b00a104).u16(0x52, 0x7104)          # cap 16 GT/s x16, sta 16 GT/s x16
-    s.cap(0x80, CAP_ID_SSVID, 0x00).u32(0x84, 0x7d1817aa)
-    s.ecap(0x100, EXT_CAP_ID_ACS, 1, 0)
+    s.cap(0x80, lib.PCI_CAP_ID_SSVID, 0x00).u32(0x84, 0x7d1817aa)
+    s.ecap(0x100, lib.PCI_EXT_CAP_ID_ACS, 1, 0)
     return s
 
 
@@ -202,7 +202,7 @@ def test_bridge_has_two_bars_and_subsystem_from_ssvid():
 
 
 def test_bridge_without_ssvid_has_no_subsystem():
-    s = root_port().cap(0x40, CAP_ID_EXP, 0x00)
+    s = root_port().cap(0x40, lib.PCI_CAP_ID_EXP, 0x00)
     cfg = PciConfig(s)
     assert cfg.subsystem_vendor_id is None and cfg.subsystem_id is None
 
@@ -210,10 +210,10 @@ def test_bridge_without_ssvid_has_no_subsystem():
 def test_cardbus_capability_pointer_at_0x14():
     s = FakeSpace(256)
     s.header(0x104c, 0xac56, revision=0, class_code=0x060700, header_type=0x02)
-    s.u8(0x14, 0x80).cap(0x80, CAP_ID_PM, 0).u16(0x82, 0x0002)
+    s.u8(0x14, 0x80).cap(0x80, lib.PCI_CAP_ID_PM, 0).u16(0x82, 0x0002)
     s.u16(0x40, 0x1028).u16(0x42, 0x0123)
     cfg = PciConfig(s)
-    assert [(c.id, c.offset) for c in cfg.capabilities()] == [(CAP_ID_PM, 0x80)]
+    assert [(c.id, c.offset) for c in cfg.capabilities()] == [(lib.PCI_CAP_ID_PM, 0x80)]
     assert (cfg.subsystem_vendor_id, cfg.subsystem_id) == (0x1028, 0x0123)
     assert len(cfg.bars()) == 1
 
@@ -336,34 +336,34 @@ def test_short_read_from_the_space_is_an_error():
 # --------------------------------------------------------------------------- capability lists
 def test_edu_capabilities():
     cfg = PciConfig(edu())
-    assert cfg.capabilities() == [Capability(CAP_ID_MSI, 0x40, "MSI")]
+    assert cfg.capabilities() == [Capability(lib.PCI_CAP_ID_MSI, 0x40, "MSI")]
     assert cfg.extended_capabilities() == []
-    assert cfg.find(CAP_ID_MSIX) is None
+    assert cfg.find(lib.PCI_CAP_ID_MSIX) is None
 
 
 def test_nvme_capability_chain_order():
     cfg = PciConfig(qemu_nvme())
     caps = cfg.capabilities()
     assert [(c.id, c.offset, c.name) for c in caps] == [
-        (CAP_ID_MSIX, 0x40, "MSI-X"), (CAP_ID_EXP, 0x80, "PCI Express"),
-        (CAP_ID_PM, 0x60, "Power Management")]
+        (lib.PCI_CAP_ID_MSIX, 0x40, "MSI-X"), (lib.PCI_CAP_ID_EXP, 0x80, "PCI Express"),
+        (lib.PCI_CAP_ID_PM, 0x60, "Power Management")]
     assert all(c.version is None and not c.extended for c in caps)
-    assert cfg.find(CAP_ID_PM) == Capability(CAP_ID_PM, 0x60, "Power Management")
+    assert cfg.find(lib.PCI_CAP_ID_PM) == Capability(lib.PCI_CAP_ID_PM, 0x60, "Power Management")
     assert cfg.extended_capabilities() == []       # all zero at 0x100
 
 
 def test_nic_extended_chain():
     cfg = PciConfig(intel_nic())
     assert [(c.id, c.offset) for c in cfg.capabilities()] == [
-        (CAP_ID_PM, 0x40), (CAP_ID_MSI, 0x50), (CAP_ID_MSIX, 0x70), (CAP_ID_EXP, 0xa0)]
+        (lib.PCI_CAP_ID_PM, 0x40), (lib.PCI_CAP_ID_MSI, 0x50), (lib.PCI_CAP_ID_MSIX, 0x70), (lib.PCI_CAP_ID_EXP, 0xa0)]
     ecaps = cfg.extended_capabilities()
     assert [(c.id, c.offset, c.version) for c in ecaps] == [
-        (EXT_CAP_ID_ERR, 0x100, 2), (EXT_CAP_ID_DSN, 0x140, 1), (EXT_CAP_ID_SRIOV, 0x160, 1)]
+        (lib.PCI_EXT_CAP_ID_ERR, 0x100, 2), (lib.PCI_EXT_CAP_ID_DSN, 0x140, 1), (lib.PCI_EXT_CAP_ID_SRIOV, 0x160, 1)]
     assert [c.name for c in ecaps] == [
         "Advanced Error Reporting", "Device Serial Number", "Single Root I/O Virtualization"]
     assert all(c.extended for c in ecaps)
-    assert cfg.find_extended(EXT_CAP_ID_SRIOV).offset == 0x160
-    assert cfg.find_extended(EXT_CAP_ID_ACS) is None
+    assert cfg.find_extended(lib.PCI_EXT_CAP_ID_SRIOV).offset == 0x160
+    assert cfg.find_extended(lib.PCI_EXT_CAP_ID_ACS) is None
     assert cfg.serial_number() == SERIAL
 
 
@@ -379,10 +379,10 @@ def test_reserved_pointer_bits_are_ignored():
 
 def test_find_all_returns_every_instance():
     s = edu()
-    s.cap(0x40, CAP_ID_VNDR, 0x50).cap(0x50, CAP_ID_MSI, 0x60).cap(0x60, CAP_ID_VNDR, 0)
+    s.cap(0x40, lib.PCI_CAP_ID_VNDR, 0x50).cap(0x50, lib.PCI_CAP_ID_MSI, 0x60).cap(0x60, lib.PCI_CAP_ID_VNDR, 0)
     cfg = PciConfig(s)
-    assert [c.offset for c in cfg.find_all(CAP_ID_VNDR)] == [0x40, 0x60]
-    assert cfg.find(CAP_ID_VNDR).offset == 0x40
+    assert [c.offset for c in cfg.find_all(lib.PCI_CAP_ID_VNDR)] == [0x40, 0x60]
+    assert cfg.find(lib.PCI_CAP_ID_VNDR).offset == 0x40
 
 
 @pytest.mark.parametrize("chain", [
@@ -393,18 +393,18 @@ def test_find_all_returns_every_instance():
 def test_standard_loop_is_detected(chain):
     s = edu()
     for off, nxt in chain:
-        s.cap(off, CAP_ID_VNDR, nxt)
+        s.cap(off, lib.PCI_CAP_ID_VNDR, nxt)
     cfg = PciConfig(s)
     with pytest.raises(CapabilityListError, match="loop") as exc:
         cfg.capabilities()
     assert exc.value.errno == errno.EIO
     assert s.reads < 100                      # bounded, did not spin
     with pytest.raises(CapabilityListError):
-        cfg.find(CAP_ID_MSI)
+        cfg.find(lib.PCI_CAP_ID_MSI)
 
 
 def test_pointer_into_header_is_rejected():
-    s = edu().cap(0x40, CAP_ID_MSI, 0x20)
+    s = edu().cap(0x40, lib.PCI_CAP_ID_MSI, 0x20)
     with pytest.raises(CapabilityListError, match="0x20"):
         PciConfig(s).capabilities()
     s = edu().u8(0x34, 0x3c)
@@ -431,22 +431,22 @@ def test_dead_function_all_ones_is_a_malformed_list():
 
 
 def test_extended_loop_is_detected():
-    s = intel_nic().ecap(0x160, EXT_CAP_ID_SRIOV, 1, 0x100)
+    s = intel_nic().ecap(0x160, lib.PCI_EXT_CAP_ID_SRIOV, 1, 0x100)
     with pytest.raises(CapabilityListError, match="loop"):
         PciConfig(s).extended_capabilities()
-    s = intel_nic().ecap(0x140, EXT_CAP_ID_DSN, 1, 0x140)
+    s = intel_nic().ecap(0x140, lib.PCI_EXT_CAP_ID_DSN, 1, 0x140)
     with pytest.raises(CapabilityListError, match="0x140"):
         PciConfig(s).extended_capabilities()
 
 
 def test_extended_pointer_below_0x100_is_rejected():
-    s = intel_nic().ecap(0x140, EXT_CAP_ID_DSN, 1, 0x0c0)
+    s = intel_nic().ecap(0x140, lib.PCI_EXT_CAP_ID_DSN, 1, 0x0c0)
     with pytest.raises(CapabilityListError, match="0xc0"):
         PciConfig(s).extended_capabilities()
 
 
 def test_extended_pointer_low_bits_are_masked():
-    s = intel_nic().ecap(0x100, EXT_CAP_ID_ERR, 2, 0x143)
+    s = intel_nic().ecap(0x100, lib.PCI_EXT_CAP_ID_ERR, 2, 0x143)
     assert [c.offset for c in PciConfig(s).extended_capabilities()] == [0x100, 0x140, 0x160]
 
 
@@ -459,7 +459,7 @@ def test_extended_list_absent_or_all_ones():
 
 
 def test_extended_list_ends_at_zero_header():
-    s = intel_nic().ecap(0x140, EXT_CAP_ID_DSN, 1, 0x200)     # 0x200 is all zero
+    s = intel_nic().ecap(0x140, lib.PCI_EXT_CAP_ID_DSN, 1, 0x200)     # 0x200 is all zero
     ecaps = PciConfig(s).extended_capabilities()
     assert [c.offset for c in ecaps] == [0x100, 0x140]
 
@@ -468,7 +468,7 @@ def test_hidden_first_extended_capability_is_skipped():
     # VFIO hides AER here: ID 0, version 0, but the next pointer is kept
     s = intel_nic().ecap(0x100, 0, 0, 0x140)
     cfg = PciConfig(s)
-    assert [c.id for c in cfg.extended_capabilities()] == [EXT_CAP_ID_DSN, EXT_CAP_ID_SRIOV]
+    assert [c.id for c in cfg.extended_capabilities()] == [lib.PCI_EXT_CAP_ID_DSN, lib.PCI_EXT_CAP_ID_SRIOV]
     assert cfg.aer() is None
 
 
@@ -529,7 +529,7 @@ def test_nic_msix_enabled_and_masked():
 
 def test_decoders_accept_a_capability_or_offset():
     cfg = PciConfig(qemu_nvme())
-    cap = cfg.find(CAP_ID_MSIX)
+    cap = cfg.find(lib.PCI_CAP_ID_MSIX)
     assert cfg.msix(cap) == cfg.msix(0x40) == cfg.msix()
     assert cfg.msi() is None
 
@@ -666,7 +666,7 @@ def test_describe_nic_extended():
 
 
 def test_describe_reports_a_malformed_list_instead_of_raising():
-    s = edu().cap(0x40, CAP_ID_MSI, 0x40)
+    s = edu().cap(0x40, lib.PCI_CAP_ID_MSI, 0x40)
     lines = PciConfig(s).describe()
     assert any(line.startswith("capabilities: malformed list") for line in lines)
 

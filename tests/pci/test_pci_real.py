@@ -19,6 +19,7 @@ import pytest
 
 from pyvfio import errors, pci
 from pyvfio.cli import main
+from pyvfio.core import syscalls
 from pyvfio.lab import in_guest
 
 pytestmark = pytest.mark.device
@@ -167,7 +168,7 @@ def test_ls_shows_the_edu(edu, capsys):
 def _with_host_driver(dev: pci.PciDevice, module: str) -> None:
     """Load the host driver (the guest has no udev to do it); it probes the device."""
     if dev.driver is None:
-        pci.modprobe(module)
+        syscalls.modprobe(module)
     assert dev.driver == module
 
 

@@ -92,3 +92,22 @@ def test_overlapping_map_in_the_kernel_is_exists_error(vfio_edu):
             assert ei.value.errno == 17 and "unmap the mapping that overlaps" in ei.value.remedy
         finally:
             dev.dma.allocator.reserve(m.iova, m.size)
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("model", ["spapr", "spapr_v2"])
+def test_spapr_container_closes_with_live_mappings(tmp_path, model):
+    """The sPAPR TCE backend, which no kernel here offers (the mock follows vfio_iommu_spapr_tce)."""
+    from pyvfio import mock
+    from pyvfio.vfio.open import open_device
+    fds, maps = syscalls.open_fds(), syscalls.live_mappings()
+    kernel = mock.MockKernel(str(tmp_path), devices=[mock.EduModel(bdf="0000:00:10.0", group=5)],
+                             iommu="spapr")
+    with kernel.installed():
+        with DmaBuffer(2 * 4096) as buf:
+            with open_device("0000:00:10.0", iommu="container", iommu_model=model) as dev:
+                m = dev.dma.map(buf)
+                Edu(dev).to_device(m.iova, 64)
+                assert len(dev.dma.mappings) == 1
+            assert dev.dma.closed and buf.spaces == set()
+    assert syscalls.open_fds() == fds and syscalls.live_mappings() == maps

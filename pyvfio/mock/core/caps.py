@@ -5,11 +5,11 @@ Shared by the mock's type1 container and iommufd's VFIO compatibility
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 from pyvfio.core.uapi import ffi, lib
 
-__all__ = ["dma_avail_cap", "iova_range_cap", "link_caps"]
+__all__ = ["new_cap", "dma_avail_cap", "iova_range_cap", "link_caps"]
 
 
 def dma_avail_cap(avail: int) -> bytes:
@@ -21,19 +21,29 @@ def dma_avail_cap(avail: int) -> bytes:
     return bytes(ffi.buffer(cap))
 
 
-def iova_range_cap(ranges: List[Tuple[int, int]]) -> bytes:
-    """VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE listing inclusive (start, end) ranges."""
-    ctype = "struct vfio_iommu_type1_info_cap_iova_range"
-    size = ffi.sizeof(ctype) + len(ranges) * ffi.sizeof("struct vfio_iova_range")
+def new_cap(ctype: str, cap_id: int, entry: str, count: int, *, pad: bool = False) -> Any:
+    """A zeroed capability ``ctype`` with ``count`` trailing ``entry`` structs, id and
+    version 1 set; ``pad`` rounds its size up to 8 bytes.  Returns (cap pointer, buffer)."""
+    size = ffi.sizeof(ctype) + count * ffi.sizeof(entry)
+    if pad:
+        size = (size + 7) & ~7
     buf = ffi.new("char[]", size)
     cap = ffi.cast(ctype + " *", buf)
-    cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
+    cap.header.id = cap_id
     cap.header.version = 1
+    return cap, buf
+
+
+def iova_range_cap(ranges: List[Tuple[int, int]]) -> bytes:
+    """VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE listing inclusive (start, end) ranges."""
+    cap, buf = new_cap("struct vfio_iommu_type1_info_cap_iova_range",
+                       lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, "struct vfio_iova_range",
+                       len(ranges))
     cap.nr_iovas = len(ranges)
     for i, (lo, hi) in enumerate(ranges):
         cap.iova_ranges[i].start = lo
         cap.iova_ranges[i].end = hi
-    return bytes(ffi.buffer(buf, size))
+    return bytes(ffi.buffer(buf))
 
 
 def link_caps(chain: List[bytes], base: int) -> bytes:

@@ -1,6 +1,6 @@
 """The process the mock serves: its locked-memory limit, capabilities, physical pages.
 
-Family ``process`` (configuration: ``memlock``, ``cap_sys_rawio``,
+Family ``process`` (configuration: ``memlock``, ``cap_sys_rawio``, ``cap_sys_admin``,
 ``cap_sys_resource``) keeps the accounting of pinned memory every IOMMU
 charges, the fake physical frame numbers ``/proc/self/pagemap`` reports, and
 the log of DMA faults.
@@ -76,7 +76,8 @@ class FakePhysicalMemory:
 
 
 class PagemapFile(MockFile):
-    """``/proc/self/pagemap`` with the mock's physical frame numbers (as root sees it)."""
+    """``/proc/self/pagemap`` with the mock's physical frame numbers (frame 0 without
+    CAP_SYS_ADMIN, as Linux shows it)."""
 
     kind = "pagemap"
 
@@ -91,7 +92,8 @@ class PagemapFile(MockFile):
             vpn = offset // 8 + i
             addr = vpn * PAGE_SIZE
             present = any(v.start <= addr < v.end for v in vmas)
-            entry = ((1 << 63) | self.kernel.process.physmem.pfn(vpn)) if present else 0
+            pfn = self.kernel.process.physmem.pfn(vpn) if self.kernel.process.cap_sys_admin else 0
+            entry = ((1 << 63) | pfn) if present else 0
             out += entry.to_bytes(8, "little")
         return bytes(out)
 
@@ -111,11 +113,14 @@ class Process(Family):
         cap_sys_rawio: bool = True
         #: CAP_SYS_RESOURCE (iommufd's accounting modes).
         cap_sys_resource: bool = True
+        #: CAP_SYS_ADMIN: without it /proc/self/pagemap shows frame number 0.
+        cap_sys_admin: bool = True
 
     def __init__(self, kernel: Any, config: "Process.Config") -> None:
         super().__init__(kernel, config)
         self.cap_sys_rawio = config.cap_sys_rawio
         self.cap_sys_resource = config.cap_sys_resource
+        self.cap_sys_admin = config.cap_sys_admin
         self.accounting = Accounting(config.memlock)
         self.physmem = FakePhysicalMemory()
         #: Every DMA an IOMMU or a device refused, in order.

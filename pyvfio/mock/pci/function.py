@@ -16,7 +16,7 @@ from pyvfio.core.uapi import lib
 from pyvfio.mock.core.uaccess import DmaFault
 from pyvfio.pci.address import PciAddress
 
-__all__ = ["BarSpec", "MmioAccess", "PciFunction", "HostFunction"]
+__all__ = ["BarSpec", "BusAccess", "PciFunction", "HostFunction"]
 
 #: The RW1C error bits of the status register.
 _STATUS_ERRORS = (lib.PCI_STATUS_DETECTED_PARITY | lib.PCI_STATUS_SIG_SYSTEM_ERROR
@@ -37,7 +37,7 @@ class HostFunction(NamedTuple):
     driver: str = "e1000e"
 
 
-class MmioAccess(NamedTuple):
+class BusAccess(NamedTuple):
     """One access a PCI function saw on its BARs."""
     op: str          # "read" or "write"
     bar: int
@@ -101,7 +101,7 @@ class PciFunction:
         self.host: Any = None           # the mock vfio-pci device, when bound
         self.faults: List[DmaFault] = []
         #: the memory accesses that reached the function over the bus, in order (the last 64 Ki)
-        self.accesses: Deque[MmioAccess] = collections.deque(maxlen=1 << 16)
+        self.accesses: Deque[BusAccess] = collections.deque(maxlen=1 << 16)
         self.msi_sent = 0               # MSIs the function sent
         #: The machine's fault log (the mock's process family), set when plugged in.
         self.faults_log: Optional[List[DmaFault]] = None
@@ -300,12 +300,12 @@ class PciFunction:
     def bus_read(self, bar: int, offset: int, size: int) -> int:
         """One memory read TLP of ``size`` bytes: logged in :attr:`accesses`, then decoded."""
         value = self.mmio_read(bar, offset, size)
-        self.accesses.append(MmioAccess("read", bar, offset, size, value))
+        self.accesses.append(BusAccess("read", bar, offset, size, value))
         return value
 
     def bus_write(self, bar: int, offset: int, size: int, value: int) -> None:
         """One memory write TLP of ``size`` bytes: logged in :attr:`accesses`, then decoded."""
-        self.accesses.append(MmioAccess("write", bar, offset, size, value))
+        self.accesses.append(BusAccess("write", bar, offset, size, value))
         self.mmio_write(bar, offset, size, value)
 
     # -- to implement ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import mmap as _mmap
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from pyvfio.core.uapi import ffi, lib
+from pyvfio.mock.core.caps import new_cap
 from pyvfio.mock.pci.function import PciFunction
 from pyvfio.mock.core.uaccess import (PAGE_SIZE, EventFd, copy_args, copy_from_user, copy_to_user, copy_span, fail,
                     field_end, read_user, user_range_ok, write_user)
@@ -228,19 +229,14 @@ class VfioPciDevice:
 
     @staticmethod
     def _sparse_cap(areas: List[Tuple[int, int]]) -> bytes:
-        ctype = "struct vfio_region_info_cap_sparse_mmap"
-        size = ffi.sizeof(ctype) + len(areas) * ffi.sizeof("struct vfio_region_sparse_mmap_area")
-        size = (size + 7) & ~7
-        buf = ffi.new("char[]", size)
-        cap = ffi.cast(ctype + " *", buf)
-        cap.header.id = lib.VFIO_REGION_INFO_CAP_SPARSE_MMAP
-        cap.header.version = 1
-        cap.header.next = 0
+        cap, buf = new_cap("struct vfio_region_info_cap_sparse_mmap",
+                           lib.VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+                           "struct vfio_region_sparse_mmap_area", len(areas), pad=True)
         cap.nr_areas = len(areas)
         for i, (off, sz) in enumerate(areas):
             cap.areas[i].offset = off
             cap.areas[i].size = sz
-        return bytes(ffi.buffer(buf, size))
+        return bytes(ffi.buffer(buf))
 
     def irq_count(self, index: int) -> int:
         """vfio_pci_get_irq_count."""
