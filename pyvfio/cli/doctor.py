@@ -119,13 +119,26 @@ def _modules(host: _sysfs.Host) -> List[Check]:
         elif loaded:
             out.append(Check(module, "warn" if required else "info",
                              f"{what}: module loaded but no /dev/{nodes[0]}",
-                             "udev has not created the node: `udevadm trigger`, or check "
-                             "devtmpfs on /dev"))
+                             _missing_node_remedy(host, module)))
         else:
             mod = module.replace("_", "-") if module == "vfio_pci" else module
             out.append(Check(module, "fail" if required else "info",
                              f"{what}: not loaded", f"`modprobe {mod}`"))
     return out
+
+
+def _missing_node_remedy(host: _sysfs.Host, module: str) -> str:
+    """Why a loaded module has no node, where the usual reason is not udev."""
+    if module == "kvm" and not any(os.path.isdir(host.sys_path("module", m))
+                                   for m in ("kvm_intel", "kvm_amd")):
+        return ("the CPU offers no VMX/SVM (or the firmware disables it), so neither "
+                "kvm_intel nor kvm_amd could load: KVM cannot run on this machine")
+    if module == "vhost_vdpa":
+        return ("no vDPA device exists yet: create one (`vdpa dev add mgmtdev vdpasim_net "
+                "name vdpa0`, or a VDUSE device) and bind it to vhost_vdpa")
+    if module == "uio":
+        return "no device is bound to a UIO driver yet: `pyvfio bind BDF --driver uio_pci_generic`"
+    return "udev has not created the node: `udevadm trigger`, or check devtmpfs on /dev"
 
 
 def _noiommu(host: _sysfs.Host, iommu_on: bool) -> Optional[Check]:

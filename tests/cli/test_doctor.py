@@ -270,3 +270,13 @@ def test_bind_refuses_a_mounted_disk(iommu_host, monkeypatch, tmp_path, capsys):
     (tmp_path / "proc/self/mounts").write_text("proc /proc proc rw 0 0\n")
     (tmp_path / "proc/swaps").write_text("Filename Type\n/dev/nvme0n1 partition\n")
     assert device_users(dev) == ["disk nvme0n1 is in use as swap"]
+
+
+def test_doctor_remedies_for_loaded_modules_without_nodes(iommu_host):
+    for m in ("kvm", "vhost_vdpa"):
+        (iommu_host.sys / "module" / m).mkdir(parents=True, exist_ok=True)
+    (iommu_host.dev / "kvm").unlink()
+    checks = _by_name(doctor.diagnose())
+    assert checks["kvm"].detail == "KVM: module loaded but no /dev/kvm"
+    assert "no VMX/SVM" in checks["kvm"].remedy
+    assert "vdpa dev add" in checks["vhost_vdpa"].remedy
