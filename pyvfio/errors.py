@@ -182,7 +182,7 @@ class QueueFullError(BusyError):
     default_remedy = ("collect used buffers (get_used()/wait()) before adding more, or "
                       "create the queue with a larger size")
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.ENOSPC)
         super().__init__(message, **kw)
 
@@ -190,7 +190,7 @@ class QueueFullError(BusyError):
 class NotReadyError(PyvfioError):
     """The object is not set up far enough for this operation (e.g. kick before setup)."""
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.EINVAL)
         super().__init__(message, **kw)
 

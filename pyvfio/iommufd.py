@@ -81,7 +81,8 @@ class IommuFd(Handle):
             for ioas in list(self.ioas_list):
                 ioas.close()
         finally:
-            syscalls.close(self.fd)
+            if self.fd is not None:
+                syscalls.close(self.fd)
             self.fd = None
 
     def __repr__(self) -> str:

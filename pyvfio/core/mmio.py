@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import args
@@ -72,25 +72,26 @@ dma_wmb: Callable[[], None] = lib.pyvfio_dma_wmb
 
 def _cffi_loads(swap: bool) -> Dict[int, Callable[[int], int]]:
     names = {1: "read8", 2: "read16", 4: "read32", 8: "read64"}
-    out = {}
+    out: Dict[int, Callable[[int], int]] = {}
     for w, n in names.items():
         fn = getattr(lib, f"pyvfio_mmio_{n}{'_swap' if swap and w > 1 else ''}")
-        out[w] = lambda addr, fn=fn: fn(ffi.cast("void *", addr), 0)
+        out[w] = lambda addr, fn=fn: fn(ffi.cast("void *", addr), 0)  # type: ignore[misc]
     return out
 
 
 def _cffi_stores(swap: bool) -> Dict[int, Callable[[int, int], None]]:
     names = {1: "write8", 2: "write16", 4: "write32", 8: "write64"}
-    out = {}
+    out: Dict[int, Callable[[int, int], None]] = {}
     for w, n in names.items():
         fn = getattr(lib, f"pyvfio_mmio_{n}{'_swap' if swap and w > 1 else ''}")
-        out[w] = lambda addr, value, fn=fn: fn(ffi.cast("void *", addr), 0, value)
+        out[w] = lambda addr, value, fn=fn: fn(  # type: ignore[misc]
+            ffi.cast("void *", addr), 0, value)
     return out
 
 
 try:
     # the same accessors as CPython functions: no GIL release around each access
-    from pyvfio.core import _mmio as _fast
+    from pyvfio.core import _mmio as _fast  # type: ignore[attr-defined]  # a C extension
 except ImportError:  # pragma: no cover - an installation without the extension
     _fast = None
 
@@ -109,7 +110,7 @@ else:  # pragma: no cover
 ACCESSORS = "cpython" if _fast is not None else "cffi"
 
 
-def _tables(endian: str) -> tuple:
+def _tables(endian: str) -> Tuple[Any, Any]:
     if endian not in (LITTLE, BIG):
         raise errors.InvalidArgumentError(f"unknown byte order {endian!r}",
                                           remedy="use endian='little' or endian='big'")
@@ -120,7 +121,7 @@ def _tables(endian: str) -> tuple:
 
 def load(addr: int, width: int, endian: str = LITTLE) -> int:
     """One load of ``width`` bytes at address ``addr``, in the device's byte order."""
-    return _tables(endian)[0][width](addr)
+    return int(_tables(endian)[0][width](addr))
 
 
 def store(addr: int, width: int, value: int, endian: str = LITTLE) -> None:
@@ -134,7 +135,7 @@ def copy_from(base: Any, off: int, n: int, width: int) -> bytes:
     if lib.pyvfio_mmio_read_n(base, off, out, n, width):
         raise errors.InvalidArgumentError(
             f"{n} bytes at {off:#x} are not a whole number of aligned {width}-byte accesses")
-    return ffi.unpack(out, n)
+    return bytes(ffi.unpack(out, n))
 
 
 def copy_to(base: Any, off: int, data: bytes, width: int) -> None:
@@ -217,7 +218,7 @@ class MmioAccess:
         def read32(off: int) -> int:
             """One 32-bit load at ``off``, in the device's byte order."""
             if type(off) is int and 0 <= off <= last and not off & 3:
-                return ld(addr + off)
+                return int(ld(addr + off))
             return slow_load(off, 4)
 
         def write32(off: int, value: int) -> None:
@@ -255,7 +256,7 @@ class MmioAccess:
         self._aligned(off, size, "read")
         w = self._mmio_window(off, size)
         if w is not None:
-            return self._loads[size](w.addr + off - w.start)
+            return int(self._loads[size](w.addr + off - w.start))
         return int(struct.unpack(_FMT[self.endian, size], self._mmio_pread(off, size))[0])
 
     def _store(self, off: int, size: int, value: int) -> None:

@@ -519,7 +519,7 @@ def socket(family: int, type_: int, proto: int = 0, *,
         raise _fail(exc, "socket", what, None) from None
     with _lock:
         _fds[fd] = what
-    return fd
+    return int(fd)
 
 
 def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple[int, int]]:

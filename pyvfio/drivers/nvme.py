@@ -633,7 +633,8 @@ class Nvme:
         polled = vector is None or self._msix is None
         q = QueuePair(self, qid, depth, None if polled else vector)
         self.admin(OPC_CREATE_IO_CQ, prp1=q.cq_addr, cdw10=(depth - 1) << 16 | qid,
-                   cdw11=(0 if polled else vector) << 16 | (0 if polled else 2) | 1)   # PC, IEN
+                   cdw11=(0 if vector is None or polled else vector) << 16
+                   | (0 if polled else 2) | 1)   # PC, IEN
         try:
             self.admin(OPC_CREATE_IO_SQ, prp1=q.sq_addr, cdw10=(depth - 1) << 16 | qid,
                        cdw11=qid << 16 | 1)                       # CQID, physically contiguous

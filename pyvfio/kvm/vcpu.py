@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import errno as _errno
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union, cast
 
 from pyvfio import errors
 from pyvfio.core import args
@@ -261,7 +261,7 @@ class Vcpu(Handle):
         self._one_reg(lib.KVM_GET_ONE_REG, reg_id)
         _SIZE[reg_id] = size
         if size == 8 and into is None:                # the common case, without a buffer object
-            return self._regbuf[0]
+            return cast("int | bytes", self._regbuf[0])
         if into is not None:
             into[:] = ffi.buffer(self._regbuf, size)
             return bytes(into)

@@ -480,7 +480,7 @@ class IommufdCtx:
             compat = self._compat.get(cmd)
             if compat is None:
                 raise fail(errno.ENOTTY)
-            return compat(addr)
+            return int(compat(addr))
         ctype, last = _OPS[name]
         if not addr:
             raise fail(errno.EFAULT)
@@ -494,7 +494,7 @@ class IommufdCtx:
                 raise fail(errno.E2BIG)
         cmd_s = copy_from_user(addr, ctype, user_size)
         handler = getattr(self, "_" + name.lower())
-        return handler(cmd_s, addr, min(user_size, full))
+        return int(handler(cmd_s, addr, min(user_size, full)))
 
     def _respond(self, addr: int, cmd_s: Any, size: int) -> int:
         copy_to_user(addr, cmd_s, size)

@@ -196,7 +196,7 @@ class MockKernel:
                 return self._real.pread(fd, size, offset)
             if offset < 0:
                 raise fail(errno.EINVAL)
-            return f.rw(offset, size, None)
+            return bytes(f.rw(offset, size, None))
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         offset = operator.index(offset)
@@ -209,7 +209,7 @@ class MockKernel:
                 raise fail(errno.EINVAL)
             ret = f.rw(offset, len(data), bytes(data))
             self._service()
-            return ret
+            return int(ret)
 
     def read(self, fd: int, size: int) -> bytes:
         size = operator.index(size)     # as os.read: a float or NaN size is a TypeError
@@ -220,7 +220,7 @@ class MockKernel:
             f = self._files.get(fd)
             if f is None:
                 return self._real.read(fd, size)
-            return f.rw(None, size, None)
+            return bytes(f.rw(None, size, None))
 
     def write(self, fd: int, data: Any) -> int:
         with self._lock:

@@ -243,7 +243,7 @@ class PciConfig(MmioAccess):
 
         The multi-function bit (bit 7 of the register) is in :attr:`multifunction`.
         """
-        return self.read8(lib.PCI_HEADER_TYPE) & lib.PCI_HEADER_TYPE_MASK
+        return int(self.read8(lib.PCI_HEADER_TYPE) & lib.PCI_HEADER_TYPE_MASK)
 
     @property
     def multifunction(self) -> bool:

@@ -16,7 +16,7 @@ import contextlib
 import errno as _errno
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union, cast
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -176,7 +176,7 @@ class PciDevice:
             return None
         if len(head) <= lib.PCI_HEADER_TYPE:
             return None
-        return head[lib.PCI_HEADER_TYPE] & lib.PCI_HEADER_TYPE_MASK
+        return cast("int | None", head[lib.PCI_HEADER_TYPE] & lib.PCI_HEADER_TYPE_MASK)
 
     @property
     def numa_node(self) -> Optional[int]:

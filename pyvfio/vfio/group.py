@@ -103,7 +103,8 @@ class Group(Handle):
         try:
             self.unset_container()
         finally:
-            syscalls.close(self.fd)
+            if self.fd is not None:
+                syscalls.close(self.fd)
             self.fd = None
 
     def __repr__(self) -> str:

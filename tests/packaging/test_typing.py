@@ -27,8 +27,9 @@ CLEAN = ["pyvfio/__init__.py", "pyvfio/errors.py", "pyvfio/core/args.py", "pyvfi
          "pyvfio/pci", "pyvfio/cli", "pyvfio/drivers", "pyvfio/mock/pin.py", "pyvfio/lab",
          "pyvfio/demo.py", "pyvfio/core/_build_uapi.py"]
 
-#: Errors `mypy --strict pyvfio` may report at most (the rest of the package).
-BASELINE = 183
+#: Errors `mypy --strict pyvfio` may report at most: the mock's families and the newest
+#: families (vhost, vdpa, virtio, uio), whose optional attributes need narrowing.
+BASELINE = 122
 
 
 def _mypy(*targets: str) -> tuple:

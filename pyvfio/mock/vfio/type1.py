@@ -106,7 +106,7 @@ class Type1Iommu:
         bitmap = self.kernel.iommu.iova_pgsizes
         if bitmap & (PAGE_SIZE - 1):
             bitmap = (bitmap & ~(PAGE_SIZE - 1)) | PAGE_SIZE
-        return bitmap
+        return int(bitmap)
 
     @property
     def min_pgsize(self) -> int:
