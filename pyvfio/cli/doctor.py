@@ -25,7 +25,7 @@ __all__ = ["Check", "diagnose", "register", "parse_size"]
 
 #: IOMMU drivers by the name they give their /sys/class/iommu entries.
 _IOMMU_KINDS = (("dmar", "Intel VT-d"), ("ivhd", "AMD-Vi"), ("smmu", "Arm SMMU"),
-                ("virtio", "virtio-iommu"), ("iommufd", "iommufd selftest"))
+                ("virtio", "virtio-iommu"))
 
 _CAP_IPC_LOCK = 14
 
@@ -66,6 +66,10 @@ def _iommu(host: _sysfs.Host) -> Check:
         if os.path.isdir(host.sys_path("class", "iommu")) else []
     groups = pci.host_has_iommu_groups(host)
     cmdline = _read(host.proc_path("cmdline")) or ""
+    # CONFIG_IOMMUFD_TEST registers a mock IOMMU for its selftests: it translates no
+    # device's DMA, so it does not count as an IOMMU here
+    selftest = [u for u in units if u.startswith("iommufd_selftest")]
+    units = [u for u in units if u not in selftest]
     if units:
         kinds = sorted({next((k for p, k in _IOMMU_KINDS if u.startswith(p)), u) for u in units})
         detail = f"on: {', '.join(kinds)} ({', '.join(units)})"
@@ -81,7 +85,9 @@ def _iommu(host: _sysfs.Host) -> Check:
     why = next((w for w in cmdline.split() if w in ("intel_iommu=off", "amd_iommu=off",
                                                       "iommu=off")), None)
     return Check("iommu", "fail", "off: no IOMMU unit and no IOMMU groups"
-                 + (f" (the command line says {why})" if why else ""), pci.IOMMU_OFF_REMEDY)
+                 + (f" (the command line says {why})" if why else "")
+                 + (f"; {selftest[0]} is iommufd's selftest mock" if selftest else ""),
+                 pci.IOMMU_OFF_REMEDY)
 
 
 # (module name in /sys/module, what it gives, device nodes (globs below /dev), required?)

@@ -280,3 +280,11 @@ def test_doctor_remedies_for_loaded_modules_without_nodes(iommu_host):
     assert checks["kvm"].detail == "KVM: module loaded but no /dev/kvm"
     assert "no VMX/SVM" in checks["kvm"].remedy
     assert "vdpa dev add" in checks["vhost_vdpa"].remedy
+
+
+def test_doctor_does_not_count_the_iommufd_selftest_mock(no_iommu_host):
+    """CONFIG_IOMMUFD_TEST's mock IOMMU in /sys/class/iommu translates nothing (seen in the lab)."""
+    (no_iommu_host.sys / "class/iommu/iommufd_selftest_iommu.0").mkdir(parents=True)
+    io = _by_name(doctor.diagnose())["iommu"]
+    assert io.status == "fail"
+    assert io.detail.endswith("; iommufd_selftest_iommu.0 is iommufd's selftest mock")
