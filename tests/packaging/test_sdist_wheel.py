@@ -45,8 +45,9 @@ def test_sdist_contents(sdist):
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for needed in ("LICENSE", "kernel_headers/uio_msi.h", "tests/conftest.py",
-                   "tests/fakesysfs.py", "pyvfio/core/_build_uapi.py", "setup.py", "run",
-                   "pyvfio/py.typed"):
+                   "tests/support.py", "pyvfio/core/_build_uapi.py", "setup.py", "run",
+                   "pyvfio/py.typed", "pyvfio/core/_mmio.c", "pyvfio/core/mmio_access.h",
+                   "pyvfio/lab/kmod/uio_msi/uio_msi.c", "pyvfio/lab/kmod/uio_msi/Kbuild"):
         assert needed in names, needed
     assert not [n for n in names if n.endswith((".so", ".pyc"))]
 
