@@ -135,10 +135,10 @@ def _modules(host: _sysfs.Host) -> List[Check]:
 
 def _missing_node_remedy(host: _sysfs.Host, module: str) -> str:
     """Why a loaded module has no node, where the usual reason is not udev."""
-    if module == "kvm" and not any(os.path.isdir(host.sys_path("module", m))
-                                   for m in ("kvm_intel", "kvm_amd")):
-        return ("the CPU offers no VMX/SVM (or the firmware disables it), so neither "
-                "kvm_intel nor kvm_amd could load: KVM cannot run on this machine")
+    if module == "kvm":       # kvm registers /dev/kvm once kvm_intel or kvm_amd initialised
+        return ("the CPU offers no VMX/SVM (or the firmware disables it), so kvm_intel/"
+                "kvm_amd could not initialise: KVM cannot run on this machine (in a VM: "
+                "enable nested virtualisation)")
     if module == "vhost_vdpa":
         return ("no vDPA device exists yet: create one (`vdpa dev add mgmtdev vdpasim_net "
                 "name vdpa0`, or a VDUSE device) and bind it to vhost_vdpa")
