@@ -14,9 +14,22 @@ The layers, from the kernel up:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, List
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:   # what type checkers see; at run time the names load on first use
+    from pyvfio.core.iova import IovaAllocator
+    from pyvfio.core.memory import DmaBuffer
+    from pyvfio.errors import PyvfioError
+    from pyvfio.iommufd import IommuFd
+    from pyvfio.pci import PciDevice
+    from pyvfio.vfio.container import Container
+    from pyvfio.vfio.device import Device
+    from pyvfio.vfio.group import Group
+    from pyvfio.vfio.irq import Irq
+    from pyvfio.vfio.open import open_device
+    from pyvfio.vfio.region import Region
+
+__version__ = "0.1.0"     # the one place; pyproject.toml reads it
 
 # public name -> module that defines it
 _LAZY = {
@@ -43,5 +56,9 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> list:
+__all__ = ["PyvfioError", "PciDevice", "Container", "Group", "IommuFd", "Device", "Region", "Irq",
+           "DmaBuffer", "IovaAllocator", "open_device", "__version__"]
+
+
+def __dir__() -> List[str]:
     return sorted(list(globals()) + list(_LAZY))

@@ -28,7 +28,8 @@ def main(argv: Optional[List[str]] = None, out: Callable[[str], None] = print) -
         return 1
     dev = pci.get(argv[0]) if argv else found[0]
     t0 = time.perf_counter()
-    step = lambda text: out(f"[{time.perf_counter() - t0:6.3f}s] {text}")  # noqa: E731
+    def step(text: str) -> None:
+        out(f"[{time.perf_counter() - t0:6.3f}s] {text}")
     syscalls.modprobe("vfio-pci")
     previous = dev.driver
     with dev.bound("vfio-pci"):
@@ -44,10 +45,14 @@ def main(argv: Optional[List[str]] = None, out: Callable[[str], None] = print) -
                  f"liveness(0x12345678) = {edu.liveness(0x12345678):#010x}")
             step(f"factorial engine: 10! = {edu.factorial(10)}")
             with DmaBuffer(2 * 4096) as buf:
-                m = device.dma.map(buf, dma_mask_bits=edu_regs.DMA_MASK_BITS)
+                dma = device.dma
+                if dma is None:
+                    step("no IOMMU (no-IOMMU mode): this demo shows IOMMU-mapped DMA")
+                    return 1
+                m = dma.map(buf, dma_mask_bits=edu_regs.DMA_MASK_BITS)
                 step(f"DMA buffer of {buf.size} bytes at vaddr {buf.vaddr:#x} mapped at "
                      f"IOVA {m.iova:#x} (usable IOVA ranges: "
-                     f"{', '.join(f'{s:#x}-{e:#x}' for s, e in device.dma.iova_ranges())})")
+                     f"{', '.join(f'{s:#x}-{e:#x}' for s, e in dma.iova_ranges())})")
                 message = b"hello from userspace, via the device's DMA engine"
                 buf.write(0, message)
                 msi = device.msi

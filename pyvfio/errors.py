@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple, Type
 
 __all__ = [
     "PyvfioError", "NotFoundError", "PermissionDeniedError", "NotSupportedError",
     "BusyError", "MemlockError", "InvalidArgumentError", "ClosedError",
     "OutOfBoundsError", "NotViableError", "IovaError", "ModuleMissingError",
     "NotBoundError", "TimedOutError", "ExistsError", "RegisterIdError", "QueueFullError",
-    "NotReadyError", "VdpaStatusError", "from_errno",
+    "NotReadyError", "VdpaStatusError", "ArgumentTypeError", "from_errno",
 ]
 
 
@@ -37,7 +37,10 @@ class PyvfioError(OSError):
         self.op = op
         self.path = path
         self.device = device
-        self.remedy = remedy if remedy is not None else self.default_remedy
+        self.remedy = remedy if remedy is not None else self._default_remedy()
+
+    def _default_remedy(self) -> Optional[str]:
+        return self.default_remedy
 
     def __str__(self) -> str:
         parts = []
@@ -55,12 +58,13 @@ class PyvfioError(OSError):
             text += f"\n  remedy: {self.remedy}"
         return text
 
-    def __reduce__(self):  # keep keyword state through pickling (pytest-xdist, multiprocessing)
+    def __reduce__(self) -> Tuple[Any, ...]:  # keep keyword state through pickling (pytest-xdist, multiprocessing)
         return (_rebuild, (type(self), self.message, self.errno, self.op, self.path,
                            self.device, self.remedy))
 
 
-def _rebuild(cls, message, errno, op, path, device, remedy):
+def _rebuild(cls: Type["PyvfioError"], message: str, errno: Optional[int], op: Optional[str],
+             path: Optional[str], device: Optional[str], remedy: Optional[str]) -> "PyvfioError":
     return cls(message, errno=errno, op=op, path=path, device=device, remedy=remedy)
 
 
@@ -74,6 +78,13 @@ class PermissionDeniedError(PyvfioError, PermissionError):
     """EPERM/EACCES: the caller may not use this node."""
     default_remedy = ("run as root, or give your user the device node "
                       "(e.g. `chown $USER /dev/vfio/N`) and a sufficient RLIMIT_MEMLOCK")
+
+    def _default_remedy(self) -> Optional[str]:
+        if os.geteuid() == 0:       # advising root to run as root helps nobody
+            return ("the kernel refused root: a capability is missing (a container or "
+                    "user namespace?), or a security module (SELinux, AppArmor, lockdown) "
+                    "forbids it; see `dmesg | tail`")
+        return self.default_remedy
 
 
 class NotSupportedError(PyvfioError):
@@ -98,10 +109,23 @@ class InvalidArgumentError(PyvfioError, ValueError):
     """EINVAL: the kernel rejected an argument."""
 
 
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong type (a float offset, a bool count, a str size...).
+
+    Both a :class:`TypeError` and an :class:`InvalidArgumentError`, so
+    ``except ValueError`` and ``except TypeError`` both catch it; raised before
+    anything reaches the kernel, naming the argument and the device.
+    """
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        kw.setdefault("errno", _errno.EINVAL)
+        super().__init__(message, **kw)
+
+
 class ClosedError(PyvfioError, ValueError):
     """The handle was closed; the object can no longer be used."""
 
-    def __init__(self, what: str, **kw) -> None:
+    def __init__(self, what: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.EBADF)
         kw.setdefault("remedy", "open it again; use it inside its `with` block")
         super().__init__(f"{what} is closed", **kw)
@@ -110,7 +134,7 @@ class ClosedError(PyvfioError, ValueError):
 class OutOfBoundsError(PyvfioError, IndexError):
     """An access outside a region, BAR or buffer, refused before it reaches the device."""
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.EFAULT)
         super().__init__(message, **kw)
 
@@ -148,7 +172,7 @@ class RegisterIdError(InvalidArgumentError):
 class TimedOutError(PyvfioError, TimeoutError):
     """Waiting for the device (interrupt, DMA, reset) took longer than allowed."""
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.ETIMEDOUT)
         super().__init__(message, **kw)
 
@@ -158,7 +182,7 @@ class QueueFullError(BusyError):
     default_remedy = ("collect used buffers (get_used()/wait()) before adding more, or "
                       "create the queue with a larger size")
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.ENOSPC)
         super().__init__(message, **kw)
 
@@ -166,7 +190,7 @@ class QueueFullError(BusyError):
 class NotReadyError(PyvfioError):
     """The object is not set up far enough for this operation (e.g. kick before setup)."""
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.EINVAL)
         super().__init__(message, **kw)
 
@@ -199,6 +223,7 @@ def from_errno(err: int, *, op: Optional[str] = None, path: Optional[str] = None
     locked-memory limit rather than a shortage of memory.
     """
     message = os.strerror(err)
+    cls: Type[PyvfioError]
     if err == _errno.ENOMEM and dma:
         cls = MemlockError
         message = "cannot pin memory for DMA (locked-memory limit reached)"

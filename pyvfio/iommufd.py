@@ -10,7 +10,7 @@ device's IOMMU allows).  A VFIO device cdev is bound to the iommufd with
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import argsz
@@ -34,9 +34,13 @@ class IommuFd(Handle):
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
         self.ioas_list: List["Ioas"] = []
 
+    @property
+    def closed(self) -> bool:
+        return self._closed or getattr(self, "fd", None) is None
+
     def _check_open(self) -> int:
         if self._closed or self.fd is None:
-            raise errors.ClosedError(f"iommufd {self.path}")
+            raise errors.ClosedError(f"iommufd {self.path}", path=self.path)
         return self.fd
 
     def ioas(self) -> "Ioas":
@@ -44,6 +48,7 @@ class IommuFd(Handle):
         p = argsz.new("struct iommu_ioas_alloc")
         syscalls.ioctl(self._check_open(), lib.IOMMU_IOAS_ALLOC, p)
         ioas = Ioas(self, p.out_ioas_id)
+        ioas._owner = self
         self.ioas_list.append(ioas)
         return ioas
 
@@ -58,9 +63,9 @@ class IommuFd(Handle):
         p = argsz.new("struct iommu_option", option_id=option_id, op=op, object_id=object_id,
                       val64=value or 0)
         syscalls.ioctl(self._check_open(), lib.IOMMU_OPTION, p)
-        return p.val64
+        return int(p.val64)
 
-    def hw_info(self, dev_id: int) -> dict:
+    def hw_info(self, dev_id: int) -> Dict[str, Any]:
         """``IOMMU_GET_HW_INFO`` of a bound device: IOMMU type, capabilities, data."""
         data = ffi.new("char[]", 256)
         p = argsz.new("struct iommu_hw_info", dev_id=dev_id, data_len=256,
@@ -76,7 +81,8 @@ class IommuFd(Handle):
             for ioas in list(self.ioas_list):
                 ioas.close()
         finally:
-            syscalls.close(self.fd)
+            if self.fd is not None:
+                syscalls.close(self.fd)
             self.fd = None
 
     def __repr__(self) -> str:
@@ -98,7 +104,7 @@ class Ioas(IoAddressSpace):
         return self.iommufd._check_open()
 
     def _ranges(self) -> List[Tuple[int, int]]:
-        def make(count: int):
+        def make(count: int) -> Any:
             arr = ffi.new("struct iommu_iova_range[]", max(count, 1))
             p = argsz.new("struct iommu_ioas_iova_ranges", ioas_id=self.id, num_iovas=count,
                           allowed_iovas=int(ffi.cast("uintptr_t", arr)))

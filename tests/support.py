@@ -53,14 +53,3 @@ def open_path(bdf: str, path: str):
     if path == "noiommu":
         return open_device(bdf, iommu="container", allow_noiommu=True)
     return open_device(bdf, iommu=path)
-
-
-def dma_address(device, buf, offset: int = 0) -> int:
-    """Where the device sees ``buf[offset]``: its IOVA, or its physical address without IOMMU."""
-    if device.dma is None:
-        return buf.physical_address(offset)
-    from pyvfio import errors
-    try:
-        return device.dma.iova_of(buf, offset)
-    except errors.IovaError:                       # not mapped yet
-        return device.dma.map(buf, dma_mask_bits=28).iova + offset

@@ -29,7 +29,9 @@ def reports_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every topic's subcommands registered."""
+    __version__ = sys.modules["pyvfio"].__version__   # the package, loaded before its cli
     parser = argparse.ArgumentParser(prog="pyvfio", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pyvfio {__version__}")
     # another machine's sysfs and /dev (a copy, or the mock kernel's tree); for tests
     parser.add_argument("--sysfs", help=argparse.SUPPRESS)
     parser.add_argument("--dev", help=argparse.SUPPRESS)

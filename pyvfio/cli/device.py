@@ -39,7 +39,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     reset.set_defaults(func=reports_errors(_reset))
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace) -> Any:
     from pyvfio.vfio.open import open_device
     dev = pci.get(args.bdf)
     dev.check_bound("vfio-pci")

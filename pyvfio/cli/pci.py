@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from pyvfio import pci
+from pyvfio import errors, pci
 from pyvfio.cli import reports_errors
+from pyvfio.core import syscalls
+from pyvfio.core.sysfs import host
 
-__all__ = ["register", "viability", "device_record"]
+__all__ = ["register", "viability", "device_record", "device_users", "iommu_off_note"]
 
 
 def _hex_id(text: str) -> int:
@@ -44,6 +47,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     bind.add_argument("--driver", default="vfio-pci",
                       help="driver to bind (default: vfio-pci; uio_pci_generic or uio_msi "
                            "for UIO, without IOMMU isolation)")
+    bind.add_argument("--force", action="store_true",
+                      help="bind even though the device is in use (a network interface with "
+                           "an address or route, a mounted or swapped-on disk)")
     bind.set_defaults(func=reports_errors(_bind))
 
     unbind = subparsers.add_parser(
@@ -108,6 +114,81 @@ def device_record(dev: pci.PciDevice, uio: Optional[Dict[str, str]] = None) -> D
     }
 
 
+def _kernel_children(devpath: str, max_depth: int = 8) -> List[Tuple[str, str]]:
+    """(subsystem, name) of the net and block devices below a PCI function in sysfs."""
+    found: List[Tuple[str, str]] = []
+    base_depth = devpath.rstrip("/").count("/")
+    for root, dirs, _ in os.walk(devpath):
+        if root.count("/") - base_depth >= max_depth:
+            dirs[:] = []
+        link = os.path.join(root, "subsystem")
+        if root != devpath and os.path.islink(link):
+            subsystem = os.path.basename(os.readlink(link))
+            if subsystem in ("net", "block"):
+                found.append((subsystem, os.path.basename(root)))
+    return found
+
+
+def _read_lines(path: str) -> List[str]:
+    try:
+        return syscalls.read_file(path).decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def device_users(dev: pci.PciDevice) -> List[str]:
+    """What on this host uses ``dev`` through its current driver (empty: nothing found).
+
+    A network interface in use has an IPv4 route (``/proc/net/route``) or a
+    global IPv6 address (``/proc/net/if_inet6``); a disk in use, or one of its
+    partitions, is mounted (``/proc/self/mounts``), swapped on (``/proc/swaps``)
+    or held by device-mapper/md (``holders/``).  Unbinding either takes it away
+    from the host, as dpdk-devbind warns.
+    """
+    h = host()
+    users: List[str] = []
+    children = _kernel_children(dev.path)
+    routes = {line.split()[0] for line in _read_lines(h.proc_path("net", "route"))[1:]
+              if line.split()}
+    inet6: Dict[str, List[str]] = {}
+    for line in _read_lines(h.proc_path("net", "if_inet6")):
+        f = line.split()
+        if len(f) == 6 and int(f[3], 16) not in (0x10, 0x20):     # not host or link scope
+            inet6.setdefault(f[5], []).append(":".join(f[0][i:i + 4] for i in range(0, 32, 4)))
+    mounts: Dict[str, str] = {}
+    for line in _read_lines(h.proc_path("self", "mounts")):
+        f = line.split()
+        if len(f) >= 2 and f[0].startswith("/dev/"):
+            mounts.setdefault(os.path.basename(f[0]), f[1].replace("\\040", " "))
+    swaps = {os.path.basename(line.split()[0])
+             for line in _read_lines(h.proc_path("swaps"))[1:] if line.split()}
+    for subsystem, name in children:
+        if subsystem == "net":
+            if name in routes:
+                users.append(f"network interface {name} has IPv4 routes")
+            elif name in inet6:
+                users.append(f"network interface {name} has address {inet6[name][0]}")
+            continue
+        if name in mounts:
+            users.append(f"disk {name} is mounted on {mounts[name]}")
+        if name in swaps:
+            users.append(f"disk {name} is in use as swap")
+        try:
+            held = sorted(os.listdir(h.sys_path("class", "block", name, "holders")))
+        except OSError:
+            held = []
+        if held:
+            users.append(f"disk {name} is held by {', '.join(held)}")
+    return users
+
+
+def iommu_off_note() -> Optional[str]:
+    """The note `ls` prints when the host has no IOMMU groups."""
+    if pci.host_has_iommu_groups():
+        return None
+    return "note: " + pci.IOMMU_OFF_REMEDY
+
+
 def _ls(args: argparse.Namespace) -> int:
     found = pci.find(vendor=args.vendor, device=args.device, driver=args.driver)
     uio = uio_bindings()
@@ -125,11 +206,25 @@ def _ls(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]
         print("  ".join(cells).rstrip())
+    note = iommu_off_note()
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 
 def _bind(args: argparse.Namespace) -> int:
     dev = pci.get(args.bdf)
+    if "vfio" in args.driver and dev.is_bridge:
+        raise errors.InvalidArgumentError(
+            "not an endpoint function", device=dev.name, remedy=dev.bind_remedy(args.driver))
+    if dev.driver not in (None, args.driver) and not args.force:
+        users = device_users(dev)
+        if users:
+            raise errors.BusyError(
+                f"in use by the host through {dev.driver}: " + "; ".join(users),
+                device=dev.name, op="bind",
+                remedy="stop using it first (`ip link set DEV down`, `ip addr flush DEV`, "
+                       "`umount`), or pass --force to take it away anyway")
     previous = dev.bind(args.driver)
     if previous == args.driver:
         print(f"{dev.name}: already bound to {args.driver}")
@@ -138,7 +233,9 @@ def _bind(args: argparse.Namespace) -> int:
     if "vfio" in args.driver:
         note: Optional[str] = None
         if dev.iommu_group is None:
-            note = "the device has no IOMMU group: VFIO cannot open it"
+            note = ("the device has no IOMMU group: VFIO cannot open it; "
+                    + (pci.IOMMU_OFF_REMEDY if not pci.host_has_iommu_groups()
+                       else "its bus is not behind the IOMMU"))
         else:
             blockers = dev.group_blockers()
             if blockers:
@@ -148,7 +245,6 @@ def _bind(args: argparse.Namespace) -> int:
         if note:
             print(f"note: {note}", file=sys.stderr)
     if args.driver in ("uio_pci_generic", "uio_msi"):
-        from pyvfio import errors
         try:
             node = uio_bindings().get(dev.name)
         except errors.PyvfioError:

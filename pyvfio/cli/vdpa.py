@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from pyvfio.cli import reports_errors
 
@@ -72,13 +72,13 @@ def _emit(args: argparse.Namespace, section: str, records: Dict[str, Dict[str, A
     return 0
 
 
-def mgmtdev_records(nl: Any, handle: str = None) -> Dict[str, Dict[str, Any]]:
+def mgmtdev_records(nl: Any, handle: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     """``vdpa -j mgmtdev show`` as a dict."""
     devs = [nl.mgmtdev(handle)] if handle else nl.mgmtdevs()
     return {m.handle: m.iproute2() for m in devs}
 
 
-def dev_records(nl: Any, name: str = None) -> Dict[str, Dict[str, Any]]:
+def dev_records(nl: Any, name: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     """``vdpa -j dev show`` as a dict."""
     devs = [nl.dev(name)] if name else nl.devs()
     return {d.name: d.iproute2() for d in devs}

@@ -49,7 +49,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT_HEADERS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "kernel_headers")
@@ -182,7 +182,7 @@ def uapi_dirs() -> List[str]:
     return [d for d in os.environ.get("PYVFIO_UAPI_INCLUDE", "").split(":") if d]
 
 
-def _run(args: Sequence[str], src: str, ok: bool = True) -> subprocess.CompletedProcess:
+def _run(args: Sequence[str], src: str, ok: bool = True) -> "subprocess.CompletedProcess[str]":
     with tempfile.NamedTemporaryFile("w", suffix=".c", delete=False) as f:
         f.write(src)
         path = f.name
@@ -372,7 +372,7 @@ class CdefWriter:
                 kind = "struct" if isinstance(t, a.Struct) else "union"
                 found.setdefault(f"{kind} {t.name}", t)
 
-    def _top(self, node, header: str) -> None:
+    def _top(self, node: Any, header: str) -> None:
         a = self.c_ast
         if isinstance(node, a.FuncDef):
             self._function(node.decl, header)
@@ -388,7 +388,7 @@ class CdefWriter:
             return
         self._collect_types(node.type, header)
 
-    def _function(self, decl, header: str) -> None:
+    def _function(self, decl: Any, header: str) -> None:
         try:
             text = self._decl(decl.type, decl.name)
         except _Skip as exc:
@@ -396,7 +396,7 @@ class CdefWriter:
             return
         self.functions[decl.name] = text + ";"
 
-    def _collect_types(self, t, header: str) -> None:
+    def _collect_types(self, t: Any, header: str) -> None:
         """Record named struct/union/enum definitions found anywhere in ``t``."""
         a = self.c_ast
         while isinstance(t, (a.TypeDecl, a.PtrDecl, a.ArrayDecl)):
@@ -418,7 +418,7 @@ class CdefWriter:
                     f"enum {t.name} {{ {', '.join(names)}, ... }};")
 
     # -- rendering ----------------------------------------------------------
-    def _struct_body(self, t, key: str, cname: Optional[str], head: Optional[str] = None) -> str:
+    def _struct_body(self, t: Any, key: str, cname: Optional[str], head: Optional[str] = None) -> str:
         """A struct/union body.
 
         ``cname`` is a C type name for this aggregate (``struct x``, or a
@@ -437,7 +437,7 @@ class CdefWriter:
             fields.append("...;")
         return head + "{ " + " ".join(fields) + " }"
 
-    def _fields(self, t, key: str, cname: Optional[str]) -> List[str]:
+    def _fields(self, t: Any, key: str, cname: Optional[str]) -> List[str]:
         """Member declarations of aggregate ``t``.
 
         In a partial aggregate, the members of an unnamed struct or union
@@ -463,7 +463,7 @@ class CdefWriter:
                 self.skipped.append(f"{key}.{d.name}: {exc}")
         return fields
 
-    def _hoist(self, d, key: str, cname: Optional[str]) -> None:
+    def _hoist(self, d: Any, key: str, cname: Optional[str]) -> None:
         """Give a named member of anonymous aggregate type a C name of its own.
 
         ``typedef __typeof__(((struct x *)0)->member) pyvfio_x__member;`` lets
@@ -488,7 +488,7 @@ class CdefWriter:
         self.synthetic[syn] = body + f" {syn};"
         t.type = a.IdentifierType([syn])
 
-    def _flex_wrapper(self, d):
+    def _flex_wrapper(self, d: Any) -> Any:
         """The `TYPE NAME[]` member hidden in __DECLARE_FLEX_ARRAY's wrapper struct."""
         a = self.c_ast
         t = d.type.type if isinstance(d.type, a.TypeDecl) else d.type
@@ -500,7 +500,7 @@ class CdefWriter:
             return arr
         return None
 
-    def _decl(self, t, name: Optional[str], outer_array: bool = True) -> str:
+    def _decl(self, t: Any, name: Optional[str], outer_array: bool = True) -> str:
         """C declarator text for ``name`` of type ``t`` (cffi dialect)."""
         a = self.c_ast
         name = name or ""
@@ -535,7 +535,7 @@ class CdefWriter:
             return self._decl(t.type, f"{name}({', '.join(args) or 'void'})", outer_array=False)
         raise _Skip(f"unsupported declarator {type(t).__name__}")
 
-    def _base(self, t) -> str:
+    def _base(self, t: Any) -> str:
         a = self.c_ast
         if isinstance(t, a.IdentifierType):
             if _INT128 & set(t.names):
@@ -555,7 +555,7 @@ class CdefWriter:
             return "int"
         raise _Skip(f"unsupported type {type(t).__name__}")
 
-    def _const(self, expr) -> int:
+    def _const(self, expr: Any) -> int:
         """Evaluate an integer constant expression (inner array dimensions)."""
         text = self.gen.visit(expr)
         text = re.sub(r"(?<=\d)[uUlL]+\b", "", text)
@@ -656,7 +656,7 @@ CDEF_BUILTINS = {
 }
 
 
-def build_cdef() -> Tuple[str, str, dict]:
+def build_cdef() -> Tuple[str, str, Dict[str, Any]]:
     """Return (cdef, C source, metadata) for the families present on this system."""
     families = present_families()
     info = preprocess(families)
@@ -672,7 +672,6 @@ def build_cdef() -> Tuple[str, str, dict]:
     parts = ["typedef int... %s;" % t for t in sorted(int_types)]
     parts += ["typedef struct { ...; } %s;" % t
               for t in sorted(w.used_types - CDEF_BUILTINS - int_types)]
-    parts += ["%s %s;" % (k, "{ ...; }") for k in ()]
     parts += list(w.enum_types.values())
     parts += [f"{k};" for k in w.structs]                 # forward declarations
     parts += list(w.typedefs.values())
@@ -701,7 +700,7 @@ def build_cdef() -> Tuple[str, str, dict]:
     return cdef, includes + "\n".join(w.synthetic_source) + "\n", meta
 
 
-def _meta_source(meta: dict) -> Tuple[str, str]:
+def _meta_source(meta: Dict[str, Any]) -> Tuple[str, str]:
     """Metadata as C string constants: lists joined by spaces."""
     import json
     blob = json.dumps(meta, separators=(",", ":"), sort_keys=True)
@@ -711,7 +710,7 @@ def _meta_source(meta: dict) -> Tuple[str, str]:
     return "const char *pyvfio_meta(void);\n", src
 
 
-def make_builder():
+def make_builder() -> Any:
     from cffi import FFI
     cdef, includes, meta = build_cdef()
     meta_cdef, meta_src = _meta_source(meta)

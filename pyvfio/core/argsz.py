@@ -14,7 +14,7 @@ Every caller in pyvfio uses :func:`get_info`, :func:`new_var` and
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any, Dict, Iterator, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, Mapping, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -81,10 +81,10 @@ def _new_info(ctype: str) -> Tuple[Any, Optional[str], int]:
 
 
 _NEW: Dict[str, Tuple[Any, Optional[str], int]] = {}
-_FIELDS: Dict[str, frozenset] = {}
+_FIELDS: Dict[str, FrozenSet[str]] = {}
 
 
-def _fieldnames(ctype: str) -> frozenset:
+def _fieldnames(ctype: str) -> FrozenSet[str]:
     names = _FIELDS.get(ctype)
     if names is None:
         names = _FIELDS[ctype] = frozenset(n for n, _ in ffi.typeof(ctype).fields or ())
@@ -183,7 +183,7 @@ def caps(info: Info, cap_offset: int, types: Mapping[int, str]) -> Iterator[Cap]
 
 
 def call_growing(fd: int, request: int, make: Any, count_of: Any, *,
-                 grow_errnos: tuple = (_errno.ENOSPC, _errno.EMSGSIZE),
+                 grow_errnos: Tuple[int, ...] = (_errno.ENOSPC, _errno.EMSGSIZE),
                  device: Optional[str] = None, start: int = 8,
                  ptr_of: Any = None) -> Any:
     """Call an ioctl that reports "too small" with an errno and the count it needs.

@@ -14,7 +14,7 @@ import time
 from typing import Optional
 
 from pyvfio import errors
-from pyvfio.core import syscalls
+from pyvfio.core import args, syscalls
 from pyvfio.core.handle import Handle
 
 __all__ = ["EventFd", "check_timeout"]
@@ -44,9 +44,14 @@ class EventFd(Handle):
     """
 
     def __init__(self, what: str = "eventfd", *, initval: int = 0) -> None:
-        self.name = what
-        self.fd = syscalls.eventfd(initval, _EFD_NONBLOCK, what=what)
+        self.name = str(what)
+        initval = args.integer(initval, "initval", device=self.name, hi=args.U32)
+        self.fd = syscalls.eventfd(initval, _EFD_NONBLOCK, what=self.name)
         self._events = ((self.fd, select.POLLIN),)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or getattr(self, "fd", None) is None
 
     def fileno(self) -> int:
         self._check_open()
@@ -58,7 +63,7 @@ class EventFd(Handle):
     def signal(self, n: int = 1) -> None:
         """Add ``n`` to the counter, as the kernel does when the event fires."""
         self._check_open()
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 < n < (1 << 64) - 1:
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 < n < (1 << 64) - 1:  # noqa
             raise errors.InvalidArgumentError(f"eventfd increment must be 1..2**64-2, not {n!r}",
                                               device=self.name)
         syscalls.write(self.fd, n.to_bytes(8, "little"), device=self.name)
@@ -105,7 +110,7 @@ class EventFd(Handle):
             if n:
                 return n
             fut = loop.create_future()
-            loop.add_reader(self.fd, lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(self.fd, lambda: None if fut.done() else fut.set_result(None))
             try:
                 await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:

@@ -13,6 +13,7 @@ import bisect
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from pyvfio import errors
+from pyvfio.core import args
 from pyvfio.core.memory import HUGE_1G, HUGE_2M, PAGE_SIZE, round_up
 
 __all__ = ["IovaAllocator"]
@@ -29,6 +30,26 @@ class IovaAllocator:
 
     def __init__(self, ranges: Iterable[Tuple[int, int]], *, alignment: int = PAGE_SIZE,
                  dma_mask_bits: Optional[int] = None, base: int = 0) -> None:
+        alignment = args.integer(alignment, "alignment", lo=1, hi=1 << 63)
+        if alignment & (alignment - 1):
+            raise errors.InvalidArgumentError(f"alignment must be a power of two, not {alignment:#x}")
+        if dma_mask_bits is not None:
+            dma_mask_bits = args.integer(dma_mask_bits, "dma_mask_bits", lo=1, hi=64)
+        base = args.integer(base, "base")
+        checked = []
+        try:
+            pairs = list(ranges)
+        except TypeError:
+            raise errors.ArgumentTypeError("ranges must be (start, last) pairs") from None
+        for pair in pairs:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise errors.ArgumentTypeError(f"a range must be a (start, last) pair, not {pair!r}")
+            start = args.integer(pair[0], "range start")
+            last = args.integer(pair[1], "range last")
+            if last < start:
+                raise errors.InvalidArgumentError(f"range ({start:#x}, {last:#x}) ends before it starts")
+            checked.append((start, last))
+        ranges = checked
         limit = (1 << dma_mask_bits) - 1 if dma_mask_bits else (1 << 64) - 1
         self.alignment = alignment
         self.ranges: List[Tuple[int, int]] = []
@@ -41,10 +62,14 @@ class IovaAllocator:
 
     def contains(self, iova: int, size: int) -> bool:
         """Whether [iova, iova+size) lies inside one usable range."""
+        iova = args.integer(iova, "iova")
+        size = args.integer(size, "size")
         return size > 0 and any(s <= iova and iova + size - 1 <= last for s, last in self.ranges)
 
     def check(self, iova: int, size: int, *, device: Optional[str] = None) -> None:
         """Refuse a range the IOMMU would not map, with the usable ranges in the message."""
+        iova = args.integer(iova, "iova", device=device, lo=None, hi=None)
+        size = args.integer(size, "size", device=device, lo=None, hi=None)
         if iova < 0 or size <= 0 or iova + size > 1 << 64:
             raise errors.IovaError(
                 f"{size:#x} bytes at IOVA {iova:#x} do not fit the 64-bit IOVA space "
@@ -97,6 +122,15 @@ class IovaAllocator:
         that is physically contiguous (transparent huge pages).
         ``dma_mask_bits`` keeps the range below what one device can address.
         """
+        size = args.integer(size, "size", lo=1)
+        if align is not None:
+            align = args.integer(align, "align", lo=1, hi=1 << 63)
+            if align & (align - 1):
+                raise errors.InvalidArgumentError(f"align must be a power of two, not {align:#x}")
+        if page_size is not None:
+            page_size = args.integer(page_size, "page_size", lo=1, hi=1 << 63)
+        if dma_mask_bits is not None:
+            dma_mask_bits = args.integer(dma_mask_bits, "dma_mask_bits", lo=1, hi=64)
         need = max(align or 1, page_size or 1, self.alignment)
         size = round_up(size, self.alignment)
         prefer = max(self.large_page_for(size), need)
@@ -125,6 +159,7 @@ class IovaAllocator:
 
     def free(self, iova: int) -> None:
         """Give back the range that starts at ``iova``."""
+        iova = args.integer(iova, "iova")
         for i, (s, _) in enumerate(self._used):
             if s == iova:
                 del self._used[i]

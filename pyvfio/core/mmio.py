@@ -42,9 +42,10 @@ from __future__ import annotations
 
 import struct
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from pyvfio import errors
+from pyvfio.core import args
 from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["MmioAccess", "Window", "LITTLE", "BIG", "NATIVE", "WIDTHS", "ARCH", "ACCESSORS",
@@ -71,25 +72,26 @@ dma_wmb: Callable[[], None] = lib.pyvfio_dma_wmb
 
 def _cffi_loads(swap: bool) -> Dict[int, Callable[[int], int]]:
     names = {1: "read8", 2: "read16", 4: "read32", 8: "read64"}
-    out = {}
+    out: Dict[int, Callable[[int], int]] = {}
     for w, n in names.items():
         fn = getattr(lib, f"pyvfio_mmio_{n}{'_swap' if swap and w > 1 else ''}")
-        out[w] = lambda addr, fn=fn: fn(ffi.cast("void *", addr), 0)
+        out[w] = lambda addr, fn=fn: fn(ffi.cast("void *", addr), 0)  # type: ignore[misc]
     return out
 
 
 def _cffi_stores(swap: bool) -> Dict[int, Callable[[int, int], None]]:
     names = {1: "write8", 2: "write16", 4: "write32", 8: "write64"}
-    out = {}
+    out: Dict[int, Callable[[int, int], None]] = {}
     for w, n in names.items():
         fn = getattr(lib, f"pyvfio_mmio_{n}{'_swap' if swap and w > 1 else ''}")
-        out[w] = lambda addr, value, fn=fn: fn(ffi.cast("void *", addr), 0, value)
+        out[w] = lambda addr, value, fn=fn: fn(  # type: ignore[misc]
+            ffi.cast("void *", addr), 0, value)
     return out
 
 
 try:
     # the same accessors as CPython functions: no GIL release around each access
-    from pyvfio.core import _mmio as _fast
+    from pyvfio.core import _mmio as _fast  # type: ignore[attr-defined]  # a C extension
 except ImportError:  # pragma: no cover - an installation without the extension
     _fast = None
 
@@ -108,7 +110,7 @@ else:  # pragma: no cover
 ACCESSORS = "cpython" if _fast is not None else "cffi"
 
 
-def _tables(endian: str) -> tuple:
+def _tables(endian: str) -> Tuple[Any, Any]:
     if endian not in (LITTLE, BIG):
         raise errors.InvalidArgumentError(f"unknown byte order {endian!r}",
                                           remedy="use endian='little' or endian='big'")
@@ -119,7 +121,7 @@ def _tables(endian: str) -> tuple:
 
 def load(addr: int, width: int, endian: str = LITTLE) -> int:
     """One load of ``width`` bytes at address ``addr``, in the device's byte order."""
-    return _tables(endian)[0][width](addr)
+    return int(_tables(endian)[0][width](addr))
 
 
 def store(addr: int, width: int, value: int, endian: str = LITTLE) -> None:
@@ -133,7 +135,7 @@ def copy_from(base: Any, off: int, n: int, width: int) -> bytes:
     if lib.pyvfio_mmio_read_n(base, off, out, n, width):
         raise errors.InvalidArgumentError(
             f"{n} bytes at {off:#x} are not a whole number of aligned {width}-byte accesses")
-    return ffi.unpack(out, n)
+    return bytes(ffi.unpack(out, n))
 
 
 def copy_to(base: Any, off: int, data: bytes, width: int) -> None:
@@ -216,7 +218,7 @@ class MmioAccess:
         def read32(off: int) -> int:
             """One 32-bit load at ``off``, in the device's byte order."""
             if type(off) is int and 0 <= off <= last and not off & 3:
-                return ld(addr + off)
+                return int(ld(addr + off))
             return slow_load(off, 4)
 
         def write32(off: int, value: int) -> None:
@@ -254,13 +256,18 @@ class MmioAccess:
         self._aligned(off, size, "read")
         w = self._mmio_window(off, size)
         if w is not None:
-            return self._loads[size](w.addr + off - w.start)
-        return struct.unpack(_FMT[self.endian, size], self._mmio_pread(off, size))[0]
+            return int(self._loads[size](w.addr + off - w.start))
+        return int(struct.unpack(_FMT[self.endian, size], self._mmio_pread(off, size))[0])
 
     def _store(self, off: int, size: int, value: int) -> None:
         self._mmio_check(off, size, True)
         self._aligned(off, size, "write")
-        if type(value) is bool or not isinstance(value, int) or value < 0 or value >> (size * 8):
+        if type(value) is bool or not isinstance(value, int):
+            raise errors.ArgumentTypeError(
+                f"the value to write must be an integer, not {value!r}",
+                device=self._mmio_device,
+                remedy=f"pass an integer from 0 to {(1 << size * 8) - 1:#x}")
+        if value < 0 or value >> (size * 8):
             raise errors.InvalidArgumentError(
                 f"{value!r} does not fit {size * 8} bits", device=self._mmio_device,
                 remedy=f"pass an integer from 0 to {(1 << size * 8) - 1:#x}")
@@ -340,7 +347,7 @@ class MmioAccess:
         With ``width``: len(data)/width stores of exactly that width, in address
         order.  Without: a plain copy that may use any access width.
         """
-        data = bytes(data)
+        data = bytes(args.data(data, "data", device=self._mmio_device))
         n = len(data)
         self._mmio_check(off, n, True)
         self._width(off, n, width, "write")

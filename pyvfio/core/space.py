@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from pyvfio import errors
+from pyvfio.core import args
 from pyvfio.core.handle import Handle
 from pyvfio.core.iova import IovaAllocator
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
@@ -60,7 +61,7 @@ class IoAddressSpace(Handle):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise errors.ClosedError(self.name)
+            raise errors.ClosedError(self.name, device=self.name)
 
     # -- public -------------------------------------------------------------------
     def iova_ranges(self) -> List[Tuple[int, int]]:
@@ -94,23 +95,56 @@ class IoAddressSpace(Handle):
         the kernel sees it.
         """
         self._check_open()
+        name = self.name
+        readable = args.boolean(readable, "readable", device=name)
+        writable = args.boolean(writable, "writable", device=name)
+        if not (readable or writable):
+            raise errors.InvalidArgumentError("a DMA mapping must be readable or writable",
+                                              device=name)
+        if dma_mask_bits is not None:
+            dma_mask_bits = args.integer(dma_mask_bits, "dma_mask_bits", device=name, lo=12,
+                                         hi=64)
+        if iova is not None:
+            iova = args.integer(iova, "iova", device=name)
+        offset = args.integer(offset, "offset", device=name, hi=None)
+        if size is not None:
+            size = args.integer(size, "size", device=name, lo=0)
+            if size == 0:
+                raise errors.InvalidArgumentError(
+                    "size 0: a DMA mapping needs at least one page", device=name,
+                    remedy="leave size=None to map the whole buffer")
         if buffer is not None:
-            if buffer.closed:
-                raise errors.ClosedError("DMA buffer")
+            if not isinstance(buffer, DmaBuffer):
+                raise errors.ArgumentTypeError(
+                    f"buffer must be a DmaBuffer, not {type(buffer).__name__}", device=name,
+                    remedy="map raw memory with vaddr= and size= instead")
+            if vaddr is not None:
+                raise errors.InvalidArgumentError("give a buffer or a vaddr, not both",
+                                                  device=name)
+            buffer._check()
             size = buffer.size - offset if size is None else size
-            if offset < 0 or offset + size > buffer.size:
+            if offset + size > buffer.size or size <= 0:
                 raise errors.OutOfBoundsError(
-                    f"{size:#x} bytes at {offset:#x} do not fit the {buffer.size:#x}-byte buffer")
+                    f"{size:#x} bytes at {offset:#x} do not fit the {buffer.size:#x}-byte buffer",
+                    device=name)
             vaddr = buffer.vaddr + offset
-        if vaddr is None or not size:
-            raise errors.InvalidArgumentError("map() needs a DmaBuffer, or vaddr and size")
-        granule = self._pgsize()
-        if vaddr % granule or size % granule:
+        elif vaddr is None or size is None:
             raise errors.InvalidArgumentError(
-                f"{size:#x} bytes at {vaddr:#x} are not whole {granule:#x}-byte pages",
-                device=self.name,
-                remedy=f"map whole pages of {granule:#x} bytes (this system's page size is "
-                       f"{PAGE_SIZE:#x}: use mmap.PAGESIZE rather than 4096)")
+                "map() needs a DmaBuffer, or both vaddr= and size=", device=name)
+        else:
+            vaddr = args.integer(vaddr, "vaddr", device=name)
+        pgsize = self._pgsize()
+        if vaddr % pgsize or size % pgsize:
+            raise errors.InvalidArgumentError(
+                f"vaddr {vaddr:#x} and size {size:#x} must be multiples of the IOMMU page size "
+                f"{pgsize:#x}", device=name,
+                remedy=f"map whole pages: round size up to a multiple of {pgsize:#x} (a "
+                       "DmaBuffer is already page-aligned; use offset= in whole pages; this "
+                       f"system's page size is {PAGE_SIZE:#x}: use mmap.PAGESIZE, not 4096)")
+        if vaddr + size - 1 > args.U64:         # an IOVA past the end: the allocator says so
+            raise errors.InvalidArgumentError(
+                f"{size:#x} bytes at {vaddr:#x} run past the end of the 64-bit address space",
+                device=name)
         alloc = self.allocator
         if iova is None:
             iova = alloc.alloc(size, page_size=buffer.page_size if buffer is not None else None,
@@ -139,7 +173,8 @@ class IoAddressSpace(Handle):
         ``IOMMU_IOAS_UNMAP``'s ``length`` on return).
         """
         self._check_open()
-        iova = mapping.iova if isinstance(mapping, DmaMapping) else mapping
+        iova = mapping.iova if isinstance(mapping, DmaMapping) else \
+            args.integer(mapping, "mapping (a DmaMapping or its IOVA)", device=self.name)
         m = self._mappings.get(iova)
         if m is None:
             inside = [o for o in self._mappings.values() if o.iova < iova < o.iova + o.size]
@@ -199,6 +234,12 @@ class IoAddressSpace(Handle):
 
     def iova_of(self, buffer: DmaBuffer, offset: int = 0) -> int:
         """The IOVA at which ``buffer[offset]`` is mapped."""
+        self._check_open()
+        if not isinstance(buffer, DmaBuffer):
+            raise errors.ArgumentTypeError(
+                f"buffer must be a DmaBuffer, not {type(buffer).__name__}", device=self.name)
+        buffer._check()
+        offset = args.integer(offset, "offset", device=self.name, hi=buffer.size - 1)
         addr = buffer.vaddr + offset
         for m in self._mappings.values():
             if m.vaddr <= addr < m.vaddr + m.size:

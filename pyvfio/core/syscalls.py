@@ -10,17 +10,26 @@ call, the path of the file descriptor and a remedy.
 The module also keeps account of the descriptors and mappings it handed out,
 so that tests (and users) can check that nothing leaked: :func:`open_fds`,
 :func:`live_mappings`.
+
+Fault injection: inside ``with fail_nth(k, errno.ENOMEM) as inj:`` the k-th
+system call made through this module by the current thread fails with that
+errno before it reaches the backend (the way ``/proc/thread-self/fail-nth``
+fails the k-th allocation in the kernel); ``inj.calls`` counts the calls,
+``inj.fired`` says whether one was failed.  Release calls (close, munmap)
+are never failed: Linux releases the fd or mapping even when they
+report an error, so failing them tests nothing real.
 """
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import errno as errno_
 import mmap as _mmap
 import os
 import select
 import socket as _socket
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 from pyvfio import errors
 
@@ -32,6 +41,7 @@ __all__ = [
     "open_fds", "live_mappings", "ioctl_name", "memfd_create", "ftruncate", "mlock",
     "read_file", "write_file", "modprobe", "stat", "mkdir", "rmdir", "symlink", "unlink",
     "socket",
+    "FaultInjector", "fail_nth", "RELEASE_CALLS", "TYPICAL_ERRNO",
 ]
 
 
@@ -63,7 +73,7 @@ class Kernel:
         if ret < 0:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
-        return ret
+        return int(ret)
 
     def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int) -> _mmap.mmap:
         return _mmap.mmap(fd, length, flags=flags, prot=prot, offset=offset)
@@ -88,7 +98,7 @@ class Kernel:
         if fd < 0:
             err = self._ffi.errno
             raise OSError(err, os.strerror(err))
-        return fd
+        return int(fd)
 
     def socket(self, family: int, type_: int, proto: int,
                options: Sequence[Tuple[int, int, int]] = ()) -> int:
@@ -164,6 +174,119 @@ _fds: Dict[int, str] = {}            # fd -> path (or a description)
 _maps: Dict[int, Tuple[Any, str]] = {}  # id(mapping) -> (mapping, description)
 
 
+# -- fault injection ---------------------------------------------------------------
+
+#: Calls that release something; never failed by :func:`fail_nth`.
+RELEASE_CALLS = frozenset({"close", "munmap"})
+
+_armed = 0                       # injectors active in any thread (fast path: 0)
+_tls = threading.local()
+
+
+#: The errno a failing call of each kind typically returns (what :func:`fail_nth` injects
+#: when no errno is given).
+TYPICAL_ERRNO: Dict[str, int] = {
+    "open": _errno.ENOMEM, "ioctl": _errno.ENOMEM, "mmap": _errno.ENOMEM,
+    "eventfd": _errno.EMFILE, "memfd_create": _errno.EMFILE, "ftruncate": _errno.ENOSPC,
+    "mlock": _errno.ENOMEM, "read": _errno.EIO, "write": _errno.EIO, "pread": _errno.EIO,
+    "pwrite": _errno.EIO, "poll": _errno.ENOMEM, "read_file": _errno.EIO,
+    "write_file": _errno.EIO,
+}
+
+
+class FaultInjector:
+    """The state of one :func:`fail_nth` block in one thread.
+
+    ``calls`` counts the system calls seen (release calls excluded) and
+    ``trace`` names them; ``fired`` is the name of the call that was failed
+    (None if none) and ``errno`` what it failed with; ``k == 0`` only counts.
+    """
+
+    def __init__(self, k: int, err: Optional[int], ops: Optional[FrozenSet[str]]) -> None:
+        self.k = k
+        self.errno = err
+        self.ops = ops
+        self.calls = 0
+        self.fired: Optional[str] = None
+        self.trace: List[str] = []
+
+    def _check(self, op: str) -> None:
+        if op in RELEASE_CALLS or (self.ops is not None and op not in self.ops):
+            return
+        self.calls += 1
+        self.trace.append(op)
+        if self.calls == self.k:
+            self.fired = op
+            if self.errno is None:
+                self.errno = TYPICAL_ERRNO.get(op, _errno.ENOMEM)
+            raise OSError(self.errno, os.strerror(self.errno))
+
+
+@contextlib.contextmanager
+def fail_nth(k: int, err: Optional[int] = None, *,
+             ops: Optional[Iterable[str]] = None) -> Iterator[FaultInjector]:
+    """Fail the ``k``-th system call (1-based) of this thread inside the block.
+
+    It fails with ``err``, or the call's typical errno (:data:`TYPICAL_ERRNO`)
+    if None.  ``k=0`` fails nothing and just counts.  ``ops`` limits which
+    calls count (names of this module's functions: ``"ioctl"``, ``"open"``,
+    ``"mmap"`` ...).  The failure takes the library's normal error path, so
+    the caller sees the :mod:`pyvfio.errors` exception a real failure gives.
+    """
+    global _armed
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise errors.InvalidArgumentError(f"fail_nth: k must be an int >= 0, not {k!r}")
+    if err is not None and (isinstance(err, bool) or not isinstance(err, int)
+                            or not 0 < err < 4096):
+        raise errors.InvalidArgumentError(f"fail_nth: err must be an errno (1..4095), not {err!r}")
+    if getattr(_tls, "injector", None) is not None:
+        raise errors.BusyError("fail_nth blocks do not nest in one thread", op="fail_nth")
+    inj = FaultInjector(k, err, frozenset(ops) if ops is not None else None)
+    _tls.injector = inj
+    with _lock:
+        _armed += 1
+    try:
+        yield inj
+    finally:
+        _tls.injector = None
+        with _lock:
+            _armed -= 1
+
+
+# The kernel's own fail-nth (/proc/thread-self/fail-nth) is armed and read around each
+# call by pyvfio.core.faults; these four touch that file directly, never through the
+# backend, because the backend is what is being wrapped.
+
+def failnth_open(path: str) -> int:
+    """Open a thread's fail-nth file (``/proc/thread-self/fail-nth``)."""
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+def failnth_set(fd: int, n: int) -> None:
+    """Make the n-th fault-injection point of this task fail (0: disarm)."""
+    os.write(fd, str(n).encode())
+
+
+def failnth_left(fd: int) -> int:
+    """The points left before the failure (0: it fired, or nothing armed)."""
+    return int(os.pread(fd, 32, 0).split()[0])
+
+
+def failnth_close(fd: int) -> None:
+    """Disarm and close the fail-nth file."""
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
+def _inject(op: str) -> None:
+    """Raise the injected OSError if this is the call to fail (called by every wrapper)."""
+    inj = getattr(_tls, "injector", None)
+    if inj is not None:
+        inj._check(op)
+
+
 def backend() -> Any:
     """The backend now in use (created on first use)."""
     global _backend
@@ -212,10 +335,12 @@ def _fail(exc: OSError, op: str, path: Optional[str], device: Optional[str],
 def open(path: str, flags: int = os.O_RDWR, *, device: Optional[str] = None) -> int:  # noqa: A001
     """open(2) a device node or file; the fd is remembered until :func:`close`."""
     try:
+        if _armed:
+            _inject("open")
         fd = backend().open(path, flags)
     except OSError as exc:
         raise _fail(exc, "open", path, device) from None
-    return adopt(fd, path)
+    return adopt(int(fd), path)
 
 
 def adopt(fd: int, description: str) -> int:
@@ -284,7 +409,9 @@ def ioctl(fd: int, request: int, arg: Any = None, *, device: Optional[str] = Non
     """
     b = _backend if _backend is not None else backend()
     try:
-        return b.ioctl(fd, request, arg)
+        if _armed:
+            _inject("ioctl")
+        return int(b.ioctl(fd, request, arg))
     except OSError as exc:
         path = _fds.get(fd, f"fd {fd}")
         raise _fail(exc, ioctl_name(request, path), path, device, remedy, dma) from None
@@ -295,6 +422,8 @@ def mmap(fd: int, length: int, offset: int = 0, *, prot: int = _mmap.PROT_READ |
          what: str = "mapping") -> _mmap.mmap:
     """mmap(2) ``length`` bytes of ``fd`` at ``offset`` (fd -1: anonymous memory)."""
     try:
+        if _armed:
+            _inject("mmap")
         m = backend().mmap(fd, length, prot, flags, offset)
     except (OSError, ValueError) as exc:
         err = getattr(exc, "errno", None) or 22
@@ -303,7 +432,7 @@ def mmap(fd: int, length: int, offset: int = 0, *, prot: int = _mmap.PROT_READ |
     with _lock:
         _maps[id(m)] = (m, f"{what}: {length:#x} bytes of {_fds.get(fd, 'anonymous memory')}"
                            f" at {offset:#x}")
-    return m
+    return cast("_mmap.mmap", m)
 
 
 def munmap(mapping: _mmap.mmap) -> None:
@@ -329,6 +458,8 @@ def munmap(mapping: _mmap.mmap) -> None:
 def pread(fd: int, size: int, offset: int, *, device: Optional[str] = None) -> bytes:
     """pread(2): read ``size`` bytes at ``offset``."""
     try:
+        if _armed:
+            _inject("pread")
         data = backend().pread(fd, size, offset)
     except OSError as exc:
         raise _fail(exc, "pread", _fds.get(fd, f"fd {fd}"), device) from None
@@ -336,13 +467,15 @@ def pread(fd: int, size: int, offset: int, *, device: Optional[str] = None) -> b
         raise errors.OutOfBoundsError(
             f"short read: {len(data)} of {size} bytes at {offset:#x}",
             op="pread", path=_fds.get(fd), device=device)
-    return data
+    return bytes(data)
 
 
 def pwrite(fd: int, data: Union[bytes, bytearray, memoryview], offset: int, *,
            device: Optional[str] = None) -> int:
     """pwrite(2): write ``data`` at ``offset``."""
     try:
+        if _armed:
+            _inject("pwrite")
         n = backend().pwrite(fd, data, offset)
     except OSError as exc:
         raise _fail(exc, "pwrite", _fds.get(fd, f"fd {fd}"), device) from None
@@ -350,13 +483,15 @@ def pwrite(fd: int, data: Union[bytes, bytearray, memoryview], offset: int, *,
         raise errors.OutOfBoundsError(
             f"short write: {n} of {len(data)} bytes at {offset:#x}",
             op="pwrite", path=_fds.get(fd), device=device)
-    return n
+    return int(n)
 
 
 def read(fd: int, size: int, *, device: Optional[str] = None) -> bytes:
     """read(2)."""
     try:
-        return backend().read(fd, size)
+        if _armed:
+            _inject("read")
+        return bytes(backend().read(fd, size))
     except OSError as exc:
         raise _fail(exc, "read", _fds.get(fd, f"fd {fd}"), device) from None
 
@@ -364,7 +499,9 @@ def read(fd: int, size: int, *, device: Optional[str] = None) -> bytes:
 def write(fd: int, data: bytes, *, device: Optional[str] = None) -> int:
     """write(2)."""
     try:
-        return backend().write(fd, data)
+        if _armed:
+            _inject("write")
+        return int(backend().write(fd, data))
     except OSError as exc:
         raise _fail(exc, "write", _fds.get(fd, f"fd {fd}"), device) from None
 
@@ -372,10 +509,12 @@ def write(fd: int, data: bytes, *, device: Optional[str] = None) -> int:
 def eventfd(initval: int = 0, flags: int = 0, *, what: str = "eventfd") -> int:
     """eventfd(2); the fd is accounted like an opened one and closed with :func:`close`."""
     try:
+        if _armed:
+            _inject("eventfd")
         fd = backend().eventfd(initval, flags)
     except OSError as exc:
         raise _fail(exc, "eventfd", None, None) from None
-    return adopt(fd, what)
+    return adopt(int(fd), what)
 
 
 def socket(family: int, type_: int, proto: int = 0, *,
@@ -389,14 +528,16 @@ def socket(family: int, type_: int, proto: int = 0, *,
         fd = backend().socket(family, type_, proto, options)
     except OSError as exc:
         raise _fail(exc, "socket", what, None) from None
-    return adopt(fd, what)
+    return adopt(int(fd), what)
 
 
 def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple[int, int]]:
     """poll(2) on (fd, events) pairs; ``timeout`` in seconds, None waits forever."""
     ms = None if timeout is None else max(0, int(timeout * 1000))
     try:
-        return backend().poll(fds, ms)
+        if _armed:
+            _inject("poll")
+        return cast("List[Tuple[int, int]]", backend().poll(fds, ms))
     except OSError as exc:
         raise _fail(exc, "poll", None, None) from None
 
@@ -443,15 +584,19 @@ def unlink(path: str) -> None:
 def memfd_create(name: str, flags: int = 0) -> int:
     """memfd_create(2) (close-on-exec); the fd is accounted like an opened one."""
     try:
+        if _armed:
+            _inject("memfd_create")
         fd = backend().memfd_create(name, flags)
     except OSError as exc:
         raise _fail(exc, "memfd_create", f"memfd:{name}", None) from None
-    return adopt(fd, f"memfd:{name}")
+    return adopt(int(fd), f"memfd:{name}")
 
 
 def ftruncate(fd: int, length: int) -> None:
     """ftruncate(2): set the size of a file (a memfd's, before mapping it)."""
     try:
+        if _armed:
+            _inject("ftruncate")
         backend().ftruncate(fd, length)
     except OSError as exc:
         raise _fail(exc, "ftruncate", _fds.get(fd, f"fd {fd}"), None) from None
@@ -460,6 +605,8 @@ def ftruncate(fd: int, length: int) -> None:
 def mlock(addr: int, length: int) -> None:
     """mlock(2): keep ``length`` bytes at user address ``addr`` resident."""
     try:
+        if _armed:
+            _inject("mlock")
         backend().mlock(addr, length)
     except OSError as exc:
         raise _fail(exc, "mlock", None, None, dma=True) from None
@@ -481,7 +628,9 @@ def ioperm(start: int, num: int, on: bool = True, *, device: Optional[str] = Non
 def read_file(path: str, *, device: Optional[str] = None, op: str = "read") -> bytes:
     """The whole contents of a (sysfs, procfs) file; a missing file raises FileNotFoundError."""
     try:
-        return backend().read_file(path)
+        if _armed:
+            _inject("read_file")
+        return bytes(backend().read_file(path))
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -494,6 +643,8 @@ def write_file(path: str, data: bytes) -> None:
     Errors stay plain :class:`OSError` (with the errno), for the caller to name
     what the write meant (:func:`pyvfio.core.sysfs.write_attr`).
     """
+    if _armed:
+        _inject("write_file")
     written = backend().write_file(path, bytes(data))
     if written != len(data):
         raise OSError(errno_.EIO, f"short write ({written} of {len(data)} bytes)")
@@ -510,5 +661,7 @@ def modprobe(module: str) -> None:
     if code != 0:
         raise errors.ModuleMissingError(
             f"cannot load kernel module {module}" + (f": {said}" if said else ""),
-            remedy=f"run as root, or install the module for the running kernel "
-                   f"(`modinfo {module}` finds it when it is installed)")
+            remedy=(f"install the module for the running kernel (`modinfo {module}` finds it "
+                    f"when it is installed)" if os.geteuid() == 0 else
+                    f"run as root, or install the module for the running kernel "
+                    f"(`modinfo {module}` finds it when it is installed)"))

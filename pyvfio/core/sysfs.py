@@ -81,8 +81,16 @@ def write_attr(path: str, value: str, *, device: Optional[str] = None,
         err = exc.errno if exc.errno is not None else _errno.EIO
         if err in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
             cls: type = errors.PermissionDeniedError
-            remedy = ("run as root: sysfs attributes that bind drivers, create devices "
-                      "or enable VFs are writable by root only")
+            if err == _errno.EROFS:
+                remedy = ("sysfs is mounted read-only here (a container?): do this on the "
+                          "host, or remount /sys read-write")
+            elif os.geteuid() == 0:
+                remedy = ("the kernel refused root: sysfs may be read-only in this container "
+                          "(`grep sysfs /proc/mounts`) or kernel lockdown forbids it "
+                          "(`cat /sys/kernel/security/lockdown`)")
+            else:
+                remedy = ("run as root: sysfs attributes that bind drivers, create devices "
+                          "or enable VFs are writable by root only")
         else:
             cls = type(errors.from_errno(err))
         shown = value.strip() or repr(value)

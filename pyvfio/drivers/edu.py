@@ -30,6 +30,8 @@ from typing import Any, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import mmio
+from pyvfio.core import args
+from pyvfio.core.eventfd import check_timeout
 
 __all__ = ["Edu"]
 
@@ -50,9 +52,15 @@ class Edu:
     def __init__(self, device: Any, *, timeout: float = 10.0,
                  endian: Optional[str] = None) -> None:
         self.device = device
-        self.timeout = timeout
+        t = check_timeout(timeout, device=getattr(device, "name", None))
+        if t is None:
+            raise errors.InvalidArgumentError("edu needs a finite timeout for its polls",
+                                              device=getattr(device, "name", None))
+        self.timeout = t
         self.bar = device.bar(0)
         self.bar.set_endian(endian or self.detect_endian(self.bar))
+        if getattr(device, "dma_mask_bits", None) is None:
+            device.dma_mask_bits = DMA_MASK_BITS              # edu addresses 28 bits
         device.config.enable(bus_master=True, memory=True)   # DMA and MSI are bus-master writes
 
     @staticmethod
@@ -80,14 +88,16 @@ class Edu:
     def liveness(self, value: int) -> int:
         """Write ``value`` to the liveness register and read back its complement."""
         self.bar.write32(LIVENESS, value)
-        return self.bar.read32(LIVENESS)
+        return int(self.bar.read32(LIVENESS))
 
     def factorial(self, n: int, *, irq: bool = False) -> int:
         """Let the device compute ``n!`` (mod 2**32)."""
+        n = args.integer(n, "n", device=self.device.name, hi=args.U32)
+        irq = args.boolean(irq, "irq", device=self.device.name)
         self.bar.write32(STATUS, STATUS_IRQ_ON_FACTORIAL if irq else 0)
         self.bar.write32(FACTORIAL, n)
         self._poll(STATUS, STATUS_BUSY, "factorial")
-        return self.bar.read32(FACTORIAL)
+        return int(self.bar.read32(FACTORIAL))
 
     def _poll(self, reg: int, bit: int, what: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -100,7 +110,7 @@ class Edu:
     # -- interrupts ------------------------------------------------------------------
     @property
     def irq_status(self) -> int:
-        return self.bar.read32(IRQ_STATUS)
+        return int(self.bar.read32(IRQ_STATUS))
 
     def raise_irq(self, bits: int = 1) -> None:
         """Set interrupt status bits: the device asserts its interrupt."""
@@ -113,6 +123,12 @@ class Edu:
     # -- DMA -----------------------------------------------------------------------------
     def dma(self, src: int, dst: int, count: int, *, to_ram: bool, irq: bool = False) -> None:
         """Run one DMA transfer and wait until the device reports it done."""
+        name = self.device.name
+        src = args.integer(src, "src", device=name)
+        dst = args.integer(dst, "dst", device=name)
+        count = args.integer(count, "count", device=name, lo=None, hi=None)
+        to_ram = args.boolean(to_ram, "to_ram", device=name)
+        irq = args.boolean(irq, "irq", device=name)
         if not 0 < count <= DMA_BUFFER_SIZE:
             raise errors.InvalidArgumentError(
                 f"edu DMA count must be 1..{DMA_BUFFER_SIZE}, not {count}", device=self.device.name)
@@ -124,8 +140,10 @@ class Edu:
 
     def to_device(self, addr: int, count: int, offset: int = 0, *, irq: bool = False) -> None:
         """Copy ``count`` bytes from bus address ``addr`` into the device buffer at ``offset``."""
+        offset = args.integer(offset, "offset", device=self.device.name, hi=DMA_BUFFER_SIZE - 1)
         self.dma(addr, DMA_BUFFER + offset, count, to_ram=False, irq=irq)
 
     def from_device(self, addr: int, count: int, offset: int = 0, *, irq: bool = False) -> None:
         """Copy ``count`` bytes from the device buffer at ``offset`` to bus address ``addr``."""
+        offset = args.integer(offset, "offset", device=self.device.name, hi=DMA_BUFFER_SIZE - 1)
         self.dma(DMA_BUFFER + offset, addr, count, to_ram=True, irq=irq)

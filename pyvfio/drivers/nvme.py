@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import mmio
@@ -505,7 +505,7 @@ class Nvme:
     # -- registers -----------------------------------------------------------------
     def _read64(self, off: int) -> int:
         # two 32-bit reads, low half first: every controller must accept those
-        return self.bar.read32(off) | self.bar.read32(off + 4) << 32
+        return int(self.bar.read32(off) | self.bar.read32(off + 4) << 32)
 
     def _write64(self, off: int, value: int) -> None:
         self.bar.write32(off, value & 0xFFFFFFFF)
@@ -519,11 +519,11 @@ class Nvme:
 
     @property
     def cc(self) -> int:
-        return self.bar.read32(CC)
+        return int(self.bar.read32(CC))
 
     @property
     def csts(self) -> int:
-        return self.bar.read32(CSTS)
+        return int(self.bar.read32(CSTS))
 
     def sq_doorbell(self, qid: int) -> int:
         """Offset in BAR0 of submission queue ``qid``'s tail doorbell."""
@@ -546,7 +546,7 @@ class Nvme:
         return buf, mapping.iova
 
     # -- enable / disable ----------------------------------------------------------------
-    def _wait_csts(self, what: str, done, timeout: float) -> int:
+    def _wait_csts(self, what: str, done: Callable[[int], object], timeout: float) -> int:
         deadline = time.monotonic() + timeout
         delay = 0.0001
         while True:
@@ -633,7 +633,8 @@ class Nvme:
         polled = vector is None or self._msix is None
         q = QueuePair(self, qid, depth, None if polled else vector)
         self.admin(OPC_CREATE_IO_CQ, prp1=q.cq_addr, cdw10=(depth - 1) << 16 | qid,
-                   cdw11=(0 if polled else vector) << 16 | (0 if polled else 2) | 1)   # PC, IEN
+                   cdw11=(0 if vector is None or polled else vector) << 16
+                   | (0 if polled else 2) | 1)   # PC, IEN
         try:
             self.admin(OPC_CREATE_IO_SQ, prp1=q.sq_addr, cdw10=(depth - 1) << 16 | qid,
                        cdw11=qid << 16 | 1)                       # CQID, physically contiguous
@@ -754,7 +755,7 @@ class Nvme:
     def __enter__(self) -> "Nvme":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             self.close()
         except errors.PyvfioError:

@@ -41,7 +41,7 @@ def cap_number(cap: Union[int, str]) -> int:
 class CpuidEntry(NamedTuple):
     """One ``struct kvm_cpuid_entry2``."""
     function: int
-    index: int
+    index: int  # type: ignore[assignment]  # the kernel's field name shadows tuple.index
     flags: int
     eax: int
     ebx: int
@@ -61,7 +61,11 @@ class Kvm(Handle):
             exc.remedy = _OPEN_REMEDY
             raise
         self._mmap_size: Optional[int] = None
-        version = self.get_api_version()
+        try:
+            version = self.get_api_version()
+        except BaseException:
+            self.close()                  # nothing of a half-made object outlives it
+            raise
         if version != KVM_API_VERSION:
             syscalls.close(self.fd)
             self._closed = True

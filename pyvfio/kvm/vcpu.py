@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import errno as _errno
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union, cast
 
 from pyvfio import errors
+from pyvfio.core import args
 from pyvfio.core import syscalls
 from pyvfio.core.handle import Handle
 from pyvfio.core.uapi import ffi, lib
@@ -61,11 +62,13 @@ class Exit:
         vcpu = self._vcpu
         vcpu._check_open()
         if self.reason == _IO and self.direction == "in":
+            assert self.size is not None and self.count is not None    # set for IO exits
             n = self.size * self.count
             data = value if isinstance(value, (bytes, bytearray)) else value.to_bytes(n, "little")
             off = vcpu._run.io.data_offset
             vcpu._mmap[off:off + n] = bytes(data).ljust(n, b"\0")[:n]
         elif self.reason == _MMIO and not self.is_write:
+            assert self.length is not None                            # set for MMIO exits
             n = self.length
             data = value if isinstance(value, (bytes, bytearray)) else value.to_bytes(n, "little")
             ffi.memmove(vcpu._run.mmio.data, bytes(data).ljust(n, b"\0")[:n], n)
@@ -248,6 +251,7 @@ class Vcpu(Handle):
         """
         if self._closed:
             self._check_open()
+        reg_id = args.integer(reg_id, "register id", device=self.name)
         size = _SIZE.get(reg_id) or _regs.size_of(reg_id)
         if into is not None and len(into) != size:
             raise errors.RegisterIdError(
@@ -257,7 +261,7 @@ class Vcpu(Handle):
         self._one_reg(lib.KVM_GET_ONE_REG, reg_id)
         _SIZE[reg_id] = size
         if size == 8 and into is None:                # the common case, without a buffer object
-            return self._regbuf[0]
+            return cast("int | bytes", self._regbuf[0])
         if into is not None:
             into[:] = ffi.buffer(self._regbuf, size)
             return bytes(into)
@@ -269,6 +273,7 @@ class Vcpu(Handle):
         """KVM_SET_ONE_REG: ``value`` an int that fits the id's size, or exactly that many bytes."""
         if self._closed:
             self._check_open()
+        reg_id = args.integer(reg_id, "register id", device=self.name)
         size = _SIZE.get(reg_id) or _regs.size_of(reg_id)
         if isinstance(value, bool):
             raise errors.RegisterIdError(f"register value must be an int or bytes, not {value!r}",
@@ -285,7 +290,7 @@ class Vcpu(Handle):
                 return
             data = value.to_bytes(size, "little")
         else:
-            data = bytes(value)
+            data = bytes(args.data(value, "register value", device=self.name))
             if len(data) != size:
                 raise errors.RegisterIdError(
                     f"register {_regs.describe(reg_id)} is {size} bytes, the value {len(data)}",

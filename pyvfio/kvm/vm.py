@@ -5,6 +5,7 @@ import errno as _errno
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from pyvfio import errors
+from pyvfio.core import args
 from pyvfio.core import syscalls
 from pyvfio.core.handle import Handle
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
@@ -52,7 +53,7 @@ def fd_of(obj: Any, what: str, device: str) -> int:
     if isinstance(obj, int):
         return obj
     if hasattr(obj, "fileno"):
-        return obj.fileno()          # a closed library object raises ClosedError here
+        return int(obj.fileno())  # a closed library object raises ClosedError here
     fd = getattr(obj, "fd", None)
     if isinstance(fd, int):
         return fd
@@ -117,6 +118,15 @@ class Vm(Handle):
         The buffer must stay open while the slot exists (delete the slot first).
         """
         self._check_open()
+        slot = args.integer(slot, "slot", device=self.name, hi=args.U32)
+        guest_phys_addr = args.integer(guest_phys_addr, "guest_phys_addr", device=self.name)
+        offset = args.integer(offset, "offset", device=self.name, lo=None, hi=None)
+        flags = args.integer(flags, "flags", device=self.name, hi=args.U32)
+        if size is not None:
+            size = args.integer(size, "size", device=self.name, lo=None, hi=None)
+        if not isinstance(buffer, DmaBuffer):
+            raise errors.ArgumentTypeError(
+                f"buffer must be a DmaBuffer, not {type(buffer).__name__}", device=self.name)
         if buffer.closed:
             raise errors.ClosedError("DMA buffer for the memory slot", device=self.name)
         if size is None:
@@ -219,6 +229,8 @@ class Vm(Handle):
     def create_vcpu(self, vcpu_id: int = 0) -> "Vcpu":
         """KVM_CREATE_VCPU: vCPU ``vcpu_id`` with its ``kvm_run`` mapped."""
         from pyvfio.kvm.vcpu import Vcpu
+        self._check_open()
+        vcpu_id = args.integer(vcpu_id, "vcpu_id", device=self.name, hi=args.U32)
         fd = self._ioctl(lib.KVM_CREATE_VCPU, vcpu_id)
         syscalls.adopt(fd, f"kvm-vcpu {vcpu_id} fd (of {self.name})")
         try:
@@ -275,6 +287,7 @@ class Vm(Handle):
         the guest acknowledges it, then lowers it and signals ``resamplefd``.
         """
         self._check_open()
+        gsi = args.integer(gsi, "gsi", device=self.name, hi=args.U32)
         efd = fd_of(eventfd, "irqfd eventfd", self.name)
         arg = ffi.new("struct kvm_irqfd *", {"fd": efd, "gsi": gsi})
         if resamplefd is not None:
@@ -286,6 +299,7 @@ class Vm(Handle):
     def unregister_irqfd(self, eventfd: Any, gsi: int) -> None:
         """KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN."""
         self._check_open()
+        gsi = args.integer(gsi, "gsi", device=self.name, hi=args.U32)
         efd = fd_of(eventfd, "irqfd eventfd", self.name)
         arg = ffi.new("struct kvm_irqfd *", {"fd": efd, "gsi": gsi,
                                              "flags": lib.KVM_IRQFD_FLAG_DEASSIGN})

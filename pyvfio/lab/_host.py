@@ -83,7 +83,7 @@ def digest(*parts: bytes, length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
-def replace_dir(dest: Path, fill: Callable[[Path], None]) -> Path:
+def replace_dir(dest: Path, fill: Callable[[Path], object]) -> Path:
     """Create ``dest`` atomically: ``fill`` a sibling temporary directory, then rename it."""
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -5,7 +5,7 @@ They are :class:`pyvfio.errors.PyvfioError` subclasses, so each one carries a
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from pyvfio.errors import PyvfioError
 
@@ -57,7 +57,7 @@ class ModuleBuildError(KernelBuildError):
 class BootError(LabError):
     """The guest stopped without reporting the command's exit status."""
 
-    def __init__(self, message: str, *, console_tail: str = "", **kw) -> None:
+    def __init__(self, message: str, *, console_tail: str = "", **kw: Any) -> None:
         if console_tail:
             message = f"{message}\n--- last lines of the guest console ---\n{console_tail}"
         super().__init__(message, **kw)
@@ -78,6 +78,6 @@ class CommandTimeoutError(BootError):
 class LabInterrupted(LabError):
     """The lab was stopped by a signal (Ctrl-C, SIGTERM); the guest was torn down."""
 
-    def __init__(self, message: str, *, signum: Optional[int] = None, **kw) -> None:
+    def __init__(self, message: str, *, signum: Optional[int] = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.signum = signum

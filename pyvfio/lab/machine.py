@@ -374,7 +374,7 @@ def run_guest(config: MachineConfig, command: str, *, env: Mapping[str, str], cw
     models = qemu_device_models(qemu)
     with interruptible():
         run_dir = _new_run_dir()
-        proc: Optional[subprocess.Popen] = None
+        proc: Optional["subprocess.Popen[bytes]"] = None
         try:
             _write_env(run_dir, command, env, cwd)
             cmd = qemu_command(config, run_dir, rw_dirs, qemu, models)
@@ -417,7 +417,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _result(proc: subprocess.Popen, run_dir: Path, boot: Optional[float], wall: float,
+def _result(proc: "subprocess.Popen[bytes]", run_dir: Path, boot: Optional[float], wall: float,
             fetch: Sequence[str], keep: bool) -> RunResult:
     """Read what the guest left in the run directory."""
     rc_file = run_dir / "rc"
@@ -437,7 +437,7 @@ def _result(proc: subprocess.Popen, run_dir: Path, boot: Optional[float], wall: 
                      files, run_dir if keep else None)
 
 
-def _pump(proc: subprocess.Popen, output: Callable[[bytes], None], run_dir: Path,
+def _pump(proc: "subprocess.Popen[bytes]", output: Callable[[bytes], None], run_dir: Path,
           start: float, timeout: float, boot_timeout: float) -> Optional[float]:
     """Copy QEMU's output until it exits; return the boot-to-command seconds."""
     assert proc.stdout is not None
@@ -469,7 +469,7 @@ def _qemu_errors(run_dir: Path) -> str:
     return f"\nQEMU said:\n{text}" if text else ""
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: "subprocess.Popen[bytes]") -> None:
     """Kill QEMU (its whole process group) and reap it."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

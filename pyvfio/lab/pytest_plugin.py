@@ -29,7 +29,7 @@ import shlex
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Dict, Generator, List, Optional, Tuple
+from typing import Any, Dict, Generator, List, Optional, Set, Tuple
 
 import pytest
 
@@ -210,7 +210,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Generator:
+def pytest_report_teststatus(report: pytest.TestReport,
+                             config: pytest.Config) -> Generator[None, Any, None]:
     outcome = yield
     target = dict(getattr(report, "user_properties", ())).get(_PROP_TARGET)
     result = outcome.get_result()
@@ -412,17 +413,18 @@ def _add_to_stats(reporter: pytest.TerminalReporter, outcome: GuestOutcome) -> N
     for nodeid, result, message in results:
         path = nodeid.split("::", 1)[0]
         name = f"{nodeid} [{label}]"
-        longrepr: object = None
+        longrepr: Any = None
         if result == "failed":
             longrepr = f"{message}\n(in lab guest {outcome.config.name}: see its output above)"
         elif result == "skipped":
             longrepr = (path, 0, message)
-        report = pytest.TestReport(name, (path, None, name), {}, result, longrepr, "call")
+        report = pytest.TestReport(name, (path, None, name), {}, result,  # type: ignore[arg-type]
+                                   longrepr, "call")
         reporter.stats.setdefault(result, []).append(report)
         state.injected.append(report)
 
 
-def _host_counts(stats: Dict[str, list], injected: set) -> Tuple[int, int, int]:
+def _host_counts(stats: Dict[str, List[Any]], injected: Set[Any]) -> Tuple[int, int, int]:
     def n(*cats: str) -> int:
         return sum(1 for c in cats for r in stats.get(c, ()) if id(r) not in injected)
     return n("passed", "xpassed"), n("failed", "error"), n("skipped", "xfailed")

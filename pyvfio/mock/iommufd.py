@@ -17,6 +17,7 @@ import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from pyvfio.core.uapi import ffi, lib
+from pyvfio.mock.pin import Pin
 from pyvfio.mock.core.family import Family, MockFile, register
 from pyvfio.mock.core.caps import dma_avail_cap, iova_range_cap
 from pyvfio.mock.core.uaccess import (PAGE_SHIFT, PAGE_SIZE, U32_MAX, U64_MAX, ULONG_MAX, Translation, copy_args,
@@ -72,6 +73,8 @@ class Pages:
         self.writable = writable
         self.account = ctx.account_mode
         self.pins: Dict[int, int] = {}      # page index → number of domain-filled areas using it
+        # the pages as they are now: DMA keeps reaching them if the process unmaps them
+        self.pin_alias = Pin(self.base, self.npages << PAGE_SHIFT)
 
     def pin(self, first: int, last: int) -> None:
         """Pin pages [first, last] for one more filled area; ENOMEM/EFAULT leave nothing pinned."""
@@ -265,7 +268,7 @@ class Ioas(_Object):
             return Translation(None, run, "DMA write to a mapping without write permission")
         if not write and not area.prot & PROT_READ:
             return Translation(None, run, "DMA read from a mapping without read permission")
-        return Translation(area.uva + (iova - area.iova), run)
+        return Translation(area.pages.pin_alias.address(area.uva + (iova - area.iova)), run)
 
 
 class HwPagetable(_Object):
@@ -477,7 +480,7 @@ class IommufdCtx:
             compat = self._compat.get(cmd)
             if compat is None:
                 raise fail(errno.ENOTTY)
-            return compat(addr)
+            return int(compat(addr))
         ctype, last = _OPS[name]
         if not addr:
             raise fail(errno.EFAULT)
@@ -491,7 +494,7 @@ class IommufdCtx:
                 raise fail(errno.E2BIG)
         cmd_s = copy_from_user(addr, ctype, user_size)
         handler = getattr(self, "_" + name.lower())
-        return handler(cmd_s, addr, min(user_size, full))
+        return int(handler(cmd_s, addr, min(user_size, full)))
 
     def _respond(self, addr: int, cmd_s: Any, size: int) -> int:
         copy_to_user(addr, cmd_s, size)

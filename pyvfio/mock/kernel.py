@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import operator
 import os
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -184,6 +185,10 @@ class MockKernel:
         self._real.munmap(mapping)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
+        offset = operator.index(offset)
+        size = operator.index(size)     # as os.read: a float or NaN size is a TypeError
+        if size < 0:
+            raise fail(errno.EINVAL)
         with self._lock:
             self._service()
             f = self._files.get(fd)
@@ -191,9 +196,10 @@ class MockKernel:
                 return self._real.pread(fd, size, offset)
             if offset < 0:
                 raise fail(errno.EINVAL)
-            return f.rw(offset, size, None)
+            return bytes(f.rw(offset, size, None))
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        offset = operator.index(offset)
         with self._lock:
             self._service()
             f = self._files.get(fd)
@@ -203,15 +209,18 @@ class MockKernel:
                 raise fail(errno.EINVAL)
             ret = f.rw(offset, len(data), bytes(data))
             self._service()
-            return ret
+            return int(ret)
 
     def read(self, fd: int, size: int) -> bytes:
+        size = operator.index(size)     # as os.read: a float or NaN size is a TypeError
+        if size < 0:
+            raise fail(errno.EINVAL)
         with self._lock:
             self._service()
             f = self._files.get(fd)
             if f is None:
                 return self._real.read(fd, size)
-            return f.rw(None, size, None)
+            return bytes(f.rw(None, size, None))
 
     def write(self, fd: int, data: Any) -> int:
         with self._lock:

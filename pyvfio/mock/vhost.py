@@ -25,7 +25,7 @@ import dataclasses
 import errno
 import os
 from collections import deque
-from typing import Any, Deque, List, Optional, Set, Tuple
+from typing import Any, Deque, List, Optional, Set, Tuple, cast
 
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.mock.core.family import Family, MockFile, register
@@ -286,7 +286,7 @@ class VhostFile(MockFile):
             raise fail(errno.EFAULT)
         if idx >= self.nvqs:
             raise fail(errno.ENOBUFS)
-        return self.vqs[idx]
+        return cast("Vring", self.vqs[idx])
 
     def _vring_ioctl(self, cmd: int, addr: int) -> int:
         if cmd not in (lib.VHOST_SET_VRING_NUM, lib.VHOST_SET_VRING_BASE, lib.VHOST_GET_VRING_BASE,
@@ -520,7 +520,7 @@ class VhostNetFile(VhostFile):
             if filled and rx.device.flush() and rx.call is not None:
                 rx.call.signal(1)
 
-    def _pop(self, vq: Vring):
+    def _pop(self, vq: Vring) -> Any:
         if vq.index in self.stalled:
             return None
         try:

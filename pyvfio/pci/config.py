@@ -18,7 +18,7 @@ capabilities), so values are what the kernel presents to user space.
 from __future__ import annotations
 
 import errno as _errno
-from typing import List, Optional, Protocol, Tuple, Union
+from typing import Any, List, Optional, Protocol, Tuple, Union
 
 from pyvfio.core.mmio import MmioAccess
 from pyvfio.core.uapi import lib
@@ -61,7 +61,7 @@ class CapabilityListError(PyvfioError, ValueError):
     (reads of all ones), broken firmware or a bad emulation does.
     """
 
-    def __init__(self, message: str, **kw) -> None:
+    def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("errno", _errno.EIO)
         super().__init__(message, **kw)
 
@@ -243,7 +243,7 @@ class PciConfig(MmioAccess):
 
         The multi-function bit (bit 7 of the register) is in :attr:`multifunction`.
         """
-        return self.read8(lib.PCI_HEADER_TYPE) & lib.PCI_HEADER_TYPE_MASK
+        return int(self.read8(lib.PCI_HEADER_TYPE) & lib.PCI_HEADER_TYPE_MASK)
 
     @property
     def multifunction(self) -> bool:

@@ -16,7 +16,7 @@ import contextlib
 import errno as _errno
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union, cast
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -176,7 +176,7 @@ class PciDevice:
             return None
         if len(head) <= lib.PCI_HEADER_TYPE:
             return None
-        return head[lib.PCI_HEADER_TYPE] & lib.PCI_HEADER_TYPE_MASK
+        return cast("int | None", head[lib.PCI_HEADER_TYPE] & lib.PCI_HEADER_TYPE_MASK)
 
     @property
     def numa_node(self) -> Optional[int]:
@@ -245,14 +245,33 @@ class PciDevice:
         if blockers:
             raise not_viable_error(group, blockers, device=self.name)
 
+    @property
+    def is_bridge(self) -> bool:
+        """A host bridge (class 0x0600) or a PCI-to-PCI/CardBus bridge (header type 1, 2)."""
+        return self.class_code >> 8 == 0x0600 or self.header_type not in (None, 0)
+
+    def bind_remedy(self, driver: str = "vfio-pci") -> str:
+        """How to hand this device to ``driver``, or why that cannot work."""
+        from pyvfio.pci.iommu_group import IOMMU_OFF_REMEDY, host_has_iommu_groups
+        opt = "" if driver == "vfio-pci" else f" --driver {driver}"
+        cmd = f"`pyvfio bind {self.name}{opt}`"
+        if "vfio" not in driver:
+            return cmd
+        if self.is_bridge:
+            kind = "a host bridge" if self.class_code >> 8 == 0x0600 else "a bridge"
+            return (f"{self.name} is {kind}, which VFIO cannot take: choose an endpoint "
+                    "device (`pyvfio ls`)")
+        if not host_has_iommu_groups():
+            return f"{IOMMU_OFF_REMEDY}; then {cmd}"
+        return cmd
+
     def check_bound(self, driver: str = "vfio-pci") -> None:
         """Raise :class:`NotBoundError` unless the device is bound to ``driver``."""
         now = self.driver
         if now != driver:
-            opt = "" if driver == "vfio-pci" else f" --driver {driver}"
             raise errors.NotBoundError(
                 f"bound to {now or 'no driver'}, not {driver}", device=self.name,
-                remedy=f"`pyvfio bind {self.name}{opt}`")
+                remedy=self.bind_remedy(driver))
 
     # ----------------------------------------------------------------- binding
     def _write(self, path: str, value: str, remedy: Optional[str] = None) -> None:

@@ -15,7 +15,7 @@ from pyvfio.pci.address import is_bdf
 
 __all__ = ["IOMMU_GROUPS", "USER_DMA_DRIVERS", "driver_allows_user_dma", "group_number",
            "group_entries", "group_blockers", "not_viable_error", "vfio_group_path",
-           "vfio_cdev_path"]
+           "vfio_cdev_path", "host_has_iommu_groups", "IOMMU_OFF_REMEDY"]
 
 IOMMU_GROUPS = "kernel/iommu_groups"
 
@@ -37,6 +37,19 @@ def driver_allows_user_dma(driver: Optional[str]) -> bool:
     if driver is None:
         return True
     return driver in USER_DMA_DRIVERS or "vfio" in driver
+
+
+IOMMU_OFF_REMEDY = ("the IOMMU is off (the kernel made no IOMMU groups): enable VT-d/AMD-Vi "
+                    "in the firmware and boot with intel_iommu=on (or amd_iommu=on), or "
+                    "accept unsafe no-IOMMU mode (`modprobe vfio enable_unsafe_noiommu_mode=1`)")
+
+
+def host_has_iommu_groups(on: Optional[Host] = None) -> bool:
+    """Whether the kernel made any IOMMU group (none: the IOMMU is off or absent)."""
+    try:
+        return bool(os.listdir((on or host()).sys_path(IOMMU_GROUPS)))
+    except OSError:
+        return False
 
 
 def group_number(devpath: str) -> Optional[int]:

@@ -21,7 +21,7 @@ import os
 import select
 import struct
 import time
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -386,7 +386,7 @@ class UioDevice(Handle):
         """Every memory map, mapped."""
         return [self.map(i.index) for i in self.node.maps]
 
-    def _bar_of(self, info) -> Optional[int]:
+    def _bar_of(self, info: Any) -> Optional[int]:
         if self.pci is None:
             return None
         try:
@@ -425,7 +425,7 @@ class UioDevice(Handle):
 
     # -- configuration space ----------------------------------------------------------------
     @property
-    def config(self):
+    def config(self) -> Any:
         """The parent PCI function's configuration space (sysfs ``config``)."""
         self._check_open()
         if self._config is None:
@@ -465,7 +465,7 @@ class UioDevice(Handle):
         return self._msix
 
     # -- DMA --------------------------------------------------------------------------------
-    def bus_address(self, buf, offset: int = 0) -> int:
+    def bus_address(self, buf: Any, offset: int = 0) -> int:
         """Where the device reaches ``buf[offset]``: its physical address (no IOMMU)."""
         from pyvfio.uio.dma import bus_address
         return bus_address(buf, offset, device=self.name)

@@ -15,7 +15,7 @@ IOMMU model for all of them:
 from __future__ import annotations
 
 import os
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import argsz
@@ -43,7 +43,7 @@ class Type1Info(NamedTuple):
     pgsizes: int
     iova_ranges: List[Tuple[int, int]]
     dma_avail: Optional[int]
-    migration: Optional[dict]
+    migration: Optional[Dict[str, Any]]
 
 
 class SpaprInfo(NamedTuple):
@@ -71,7 +71,7 @@ class Container(IoAddressSpace):
         self.path = host().dev_path("vfio", "vfio")
         self.name = self.path
         self.fd = syscalls.open(self.path, os.O_RDWR)
-        self.groups: list = []
+        self.groups: List[Any] = []
         self.iommu_type: Optional[int] = None
         self._windows: Dict[int, Tuple[int, int]] = {}     # sPAPR: start -> (size, page_shift)
         self._registered: Dict[int, int] = {}             # sPAPR v2: vaddr -> size
@@ -234,7 +234,7 @@ class Container(IoAddressSpace):
                 remedy="remove one first with remove_window(start)") from exc
         self._windows[p.start_addr] = (window_size, page_shift)
         self._allocator = None
-        return p.start_addr
+        return int(p.start_addr)
 
     def remove_window(self, start: int) -> None:
         """``VFIO_IOMMU_SPAPR_TCE_REMOVE``: remove the window starting at ``start``."""
@@ -317,7 +317,7 @@ class Container(IoAddressSpace):
     def _close_fd(self) -> None:
         if getattr(self, "fd", None) is not None:
             syscalls.close(self.fd)
-            self.fd = None
+            self.fd = None  # type: ignore[assignment]  # closed: no fd
 
     def release_dma(self) -> None:
         """Unmap everything and unregister sPAPR memory (needs the IOMMU: a group attached)."""

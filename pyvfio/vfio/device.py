@@ -9,16 +9,22 @@ goes through.  :func:`pyvfio.vfio.open.open_device` chooses the path.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, TYPE_CHECKING
 
 from pyvfio import errors
-from pyvfio.core import argsz
+from pyvfio.core import args, argsz
 from pyvfio.core import syscalls
 from pyvfio.core.handle import Handle
+from pyvfio.core.memory import DmaBuffer
 from pyvfio.core.space import IoAddressSpace
 from pyvfio.vfio.irq import Irq
 from pyvfio.vfio.region import Region
 from pyvfio.core.uapi import lib
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyvfio.pci.config import PciConfig
+    from pyvfio.vfio.features import Features
 
 __all__ = ["Device", "DeviceInfo", "HotResetDevice"]
 
@@ -64,10 +70,15 @@ class Device(Handle):
         self.dma = dma
         self.group = group
         self.dev_id: Optional[int] = None
+        #: Address bits the device can drive (its DMA mask): IOVAs chosen by
+        #: :meth:`bus_address` stay below 2**dma_mask_bits.  Drivers set it.
+        self.dma_mask_bits: Optional[int] = None
         self._owned = list(owned)
+        for obj in self._owned:
+            obj._owner = self
         self._regions: Dict[int, Region] = {}
         self._irqs: Dict[int, Irq] = {}
-        self._config = None
+        self._config: Optional["PciConfig"] = None
         try:
             self.info = self._get_info()
         except BaseException:
@@ -77,7 +88,7 @@ class Device(Handle):
     # -- state ------------------------------------------------------------------
     def _check_open(self) -> int:
         if self._closed or self.fd is None:
-            raise errors.ClosedError(f"VFIO device {self.name}")
+            raise errors.ClosedError(f"VFIO device {self.name}", device=self.name)
         return self.fd
 
     def _get_info(self) -> DeviceInfo:
@@ -89,6 +100,7 @@ class Device(Handle):
     def region(self, index: int) -> Region:
         """Region ``index`` (cached); see VFIO_PCI_*_REGION_INDEX."""
         self._check_open()
+        index = args.integer(index, "region index", device=self.name, hi=None)
         r = self._regions.get(index)
         if r is None:
             if not 0 <= index < self.info.num_regions:
@@ -100,6 +112,9 @@ class Device(Handle):
 
     def bar(self, n: int, *, mmap: bool = True) -> Region:
         """PCI BAR ``n``, mapped into the process where the kernel allows it."""
+        self._check_open()
+        n = args.integer(n, "BAR number", device=self.name, hi=None)
+        mmap = args.boolean(mmap, "mmap", device=self.name)
         if not 0 <= n <= 5:
             raise errors.OutOfBoundsError(f"BAR {n} does not exist (0-5)", device=self.name)
         r = self.region(lib.VFIO_PCI_BAR0_REGION_INDEX + n)
@@ -109,8 +124,9 @@ class Device(Handle):
         return r.mmap() if mmap else r
 
     @property
-    def config(self):
+    def config(self) -> "PciConfig":
         """The PCI configuration space (a :class:`pyvfio.pci.config.PciConfig`)."""
+        self._check_open()
         if self._config is None:
             from pyvfio.pci.config import PciConfig
             self._config = PciConfig(self.region(lib.VFIO_PCI_CONFIG_REGION_INDEX))
@@ -120,6 +136,7 @@ class Device(Handle):
     def irq(self, index: int) -> Irq:
         """Interrupt index ``index`` (cached); see VFIO_PCI_*_IRQ_INDEX."""
         self._check_open()
+        index = args.integer(index, "IRQ index", device=self.name, hi=None)
         q = self._irqs.get(index)
         if q is None:
             if not 0 <= index < self.info.num_irqs:
@@ -143,6 +160,7 @@ class Device(Handle):
     # -- reset --------------------------------------------------------------------
     def reset(self) -> None:
         """``VFIO_DEVICE_RESET``: a function-level (or equivalent) reset."""
+        self._check_open()
         if not self.info.can_reset:
             raise errors.NotSupportedError("the device offers no reset method",
                                            device=self.name)
@@ -150,7 +168,7 @@ class Device(Handle):
 
     def hot_reset_info(self) -> List[HotResetDevice]:
         """``VFIO_DEVICE_GET_PCI_HOT_RESET_INFO``: the devices a bus reset would hit."""
-        def make(count: int):
+        def make(count: int) -> Any:
             return argsz.new_var("struct vfio_pci_hot_reset_info", "devices", count)
 
         p = argsz.call_growing(self._check_open(), lib.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, make,
@@ -166,6 +184,17 @@ class Device(Handle):
         devices whose group is missing.
         """
         fd = self._check_open()
+        try:
+            groups = list(groups)
+        except TypeError:
+            raise errors.ArgumentTypeError("groups must be a sequence of open Groups",
+                                           device=self.name) from None
+        for g in groups:
+            if not hasattr(g, "number") or not hasattr(g, "fd"):
+                raise errors.ArgumentTypeError(f"groups must hold Group objects, not {g!r}",
+                                               device=self.name)
+            if g.closed:
+                raise errors.ClosedError(f"VFIO group {g.path}", device=self.name)
         owned = {g.number: g for g in groups}
         if self.group is not None:
             owned.setdefault(self.group.number, self.group)
@@ -182,9 +211,35 @@ class Device(Handle):
             p.ptr.group_fds[i] = gfd
         syscalls.ioctl(fd, lib.VFIO_DEVICE_PCI_HOT_RESET, p.ptr, device=self.name)
 
+    # -- DMA ------------------------------------------------------------------------
+    def bus_address(self, buffer: DmaBuffer, offset: int = 0) -> int:
+        """The address at which this device reaches ``buffer[offset]`` by DMA, in any mode.
+
+        With an IOMMU it is an IOVA: the buffer is mapped in :attr:`dma` on
+        first use (below :attr:`dma_mask_bits`) and stays mapped until it or
+        the device is closed.  Without one (no-IOMMU mode) it is the physical
+        address (the page is locked; see :meth:`DmaBuffer.physical_address`).
+        """
+        self._check_open()
+        if not isinstance(buffer, DmaBuffer):
+            raise errors.ArgumentTypeError(
+                f"buffer must be a DmaBuffer, not {type(buffer).__name__}", device=self.name)
+        buffer._check()
+        offset = args.integer(offset, "offset", device=self.name, lo=None, hi=None)
+        if not 0 <= offset < buffer.size:
+            raise errors.OutOfBoundsError(
+                f"offset {offset:#x} is outside the {buffer.size:#x}-byte DMA buffer",
+                device=self.name)
+        if self.dma is None:
+            return buffer.physical_address(offset)
+        try:
+            return self.dma.iova_of(buffer, offset)
+        except errors.IovaError:                    # not mapped here yet
+            return self.dma.map(buffer, dma_mask_bits=self.dma_mask_bits).iova + offset
+
     # -- features -------------------------------------------------------------------
     @property
-    def features(self):
+    def features(self) -> "Features":
         """``VFIO_DEVICE_FEATURE``: migration, low power, DMA logging (a :class:`Features`)."""
         from pyvfio.vfio.features import Features
         self._check_open()

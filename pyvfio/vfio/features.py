@@ -97,8 +97,8 @@ class Features:
     # -- migration -------------------------------------------------------------
     def migration_flags(self) -> int:
         """VFIO_DEVICE_FEATURE_MIGRATION: STOP_COPY, P2P, PRE_COPY support bits."""
-        return self._get(lib.VFIO_DEVICE_FEATURE_MIGRATION,
-                         "struct vfio_device_feature_migration").flags
+        return int(self._get(lib.VFIO_DEVICE_FEATURE_MIGRATION,
+                             "struct vfio_device_feature_migration").flags)
 
     def migration_state(self) -> str:
         """The device's migration state (``running``, ``stop``, ...)."""

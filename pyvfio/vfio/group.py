@@ -7,7 +7,7 @@ then, once the container has an IOMMU model, hands out device fds.
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from pyvfio import errors
 from pyvfio.core import argsz
@@ -38,9 +38,13 @@ class Group(Handle):
         self.container = None
         self.fd: Optional[int] = syscalls.open(self.path, os.O_RDWR)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed or getattr(self, "fd", None) is None
+
     def _check_open(self) -> int:
         if self._closed or self.fd is None:
-            raise errors.ClosedError(f"VFIO group {self.path}")
+            raise errors.ClosedError(f"VFIO group {self.path}", path=self.path)
         return self.fd
 
     @property
@@ -48,7 +52,7 @@ class Group(Handle):
         """``VFIO_GROUP_GET_STATUS`` flags (VIABLE, CONTAINER_SET)."""
         p = argsz.new("struct vfio_group_status")
         syscalls.ioctl(self._check_open(), lib.VFIO_GROUP_GET_STATUS, p)
-        return p.flags
+        return int(p.flags)
 
     @property
     def viable(self) -> bool:
@@ -64,7 +68,7 @@ class Group(Handle):
             raise pci.not_viable_error(self.number, blockers, path=self.path)
         raise errors.NotViableError(f"IOMMU group {self.number} is not viable", path=self.path)
 
-    def set_container(self, container) -> None:
+    def set_container(self, container: Any) -> None:
         """``VFIO_GROUP_SET_CONTAINER``: attach the group to ``container``."""
         self.check_viable()
         fdp = ffi.new("int *", container.fd)
@@ -103,7 +107,8 @@ class Group(Handle):
         try:
             self.unset_container()
         finally:
-            syscalls.close(self.fd)
+            if self.fd is not None:
+                syscalls.close(self.fd)
             self.fd = None
 
     def __repr__(self) -> str:

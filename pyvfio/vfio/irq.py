@@ -14,14 +14,19 @@ import os
 import select
 import struct
 import time
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from pyvfio import errors
-from pyvfio.core import argsz
+from pyvfio.core import args, argsz
+from pyvfio.core.eventfd import check_timeout
+from pyvfio.core.handle import Handle
 from pyvfio.core import syscalls
 from pyvfio.core.uapi import ffi, lib
 
 __all__ = ["Irq", "IrqInfo", "INDEX_NAMES"]
+
+_ATTR = {lib.VFIO_PCI_INTX_IRQ_INDEX: "intx", lib.VFIO_PCI_MSI_IRQ_INDEX: "msi",
+         lib.VFIO_PCI_MSIX_IRQ_INDEX: "msix"}
 
 INDEX_NAMES = {
     lib.VFIO_PCI_INTX_IRQ_INDEX: "INTx",
@@ -33,9 +38,9 @@ INDEX_NAMES = {
 
 
 class IrqInfo(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # the kernel's field names shadow tuple's methods
     flags: int
-    count: int
+    count: int  # type: ignore[assignment]
 
     @property
     def eventfd(self) -> bool:
@@ -60,21 +65,40 @@ def irq_info(fd: int, index: int, device: Optional[str] = None) -> IrqInfo:
     return IrqInfo(index, p.flags, p.count)
 
 
-class Irq:
-    """One interrupt index of a device, with the eventfds it signals."""
+#: INTx, MSI and MSI-X exclude each other: vfio-pci enables one at a time.
+_EXCLUSIVE = (lib.VFIO_PCI_INTX_IRQ_INDEX, lib.VFIO_PCI_MSI_IRQ_INDEX, lib.VFIO_PCI_MSIX_IRQ_INDEX)
+
+
+class Irq(Handle):
+    """One interrupt index of a device, with the eventfds it signals.
+
+    It lives as long as its device: after the device is closed every call
+    raises :class:`~pyvfio.errors.ClosedError`.
+    """
 
     def __init__(self, device: Any, index: int) -> None:
         self.device = device
+        self._owner = device
         self.index = index
         self.name = INDEX_NAMES.get(index, f"IRQ index {index}")
         self.info = irq_info(device.fd, index, device.name)
         self.eventfds: List[int] = []
-        self._triggers: dict = {}             # vector -> prebuilt SET_IRQS trigger argument
+        self._triggers: Dict[int, Any] = {}             # vector -> prebuilt SET_IRQS trigger argument
 
     @property
     def count(self) -> int:
         """How many vectors the index has."""
         return self.info.count
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.device.closed)
+
+    def _check_open(self) -> int:
+        if self.device.closed:
+            raise errors.ClosedError(f"{self.name} of VFIO device {self.device.name}",
+                                     device=self.device.name)
+        return int(self.device.fd)
 
     def _set(self, flags: int, start: int, count: int, data: bytes = b"") -> None:
         self.device._check_open()
@@ -85,7 +109,10 @@ class Irq:
         syscalls.ioctl(self.device.fd, lib.VFIO_DEVICE_SET_IRQS, p.ptr, device=self.device.name)
 
     def _vectors(self, start: int, count: int) -> None:
-        if count < 0 or start < 0 or start + count > self.info.count:
+        self._check_open()
+        start = args.integer(start, "vector", device=self.device.name, hi=None)
+        count = args.integer(count, "count", device=self.device.name, hi=None)
+        if start + count > self.info.count:
             raise errors.InvalidArgumentError(
                 f"vectors {start}..{start + count - 1} do not exist: {self.name} has "
                 f"{self.info.count}", device=self.device.name)
@@ -95,10 +122,23 @@ class Irq:
 
         Returns the eventfds; :meth:`wait` reads them.
         """
-        count = self.info.count if count is None else count
+        self._check_open()
+        if count is None:
+            count = self.info.count
+        else:
+            count = args.integer(count, "count", device=self.device.name, lo=1,
+                                 hi=max(self.info.count, 1))
         self._vectors(0, count)
         if count == 0:
             raise errors.InvalidArgumentError(f"{self.name} has no vectors", device=self.device.name)
+        if self.index in _EXCLUSIVE:
+            for other in self.device._irqs.values():
+                if other is not self and other.index in _EXCLUSIVE and other.eventfds:
+                    raise errors.BusyError(
+                        f"{other.name} is enabled: vfio-pci enables one of INTx, MSI and "
+                        f"MSI-X at a time", device=self.device.name,
+                        remedy=f"disable {other.name} first (device.{_ATTR[other.index]}"
+                               ".disable())")
         if self.eventfds:
             self.disable()
         fds = []
@@ -137,7 +177,10 @@ class Irq:
 
     def trigger(self, vector: int = 0) -> None:
         """Fire the vector's eventfd from the kernel side, as an interrupt would (for tests)."""
-        arg = self._triggers.get(vector)
+        try:
+            arg = self._triggers.get(vector) if type(vector) is int else None
+        except TypeError:
+            arg = None
         if arg is None:                       # built once per vector: this is a hot path
             self._vectors(vector, 1)
             arg = self._triggers[vector] = argsz.new(
@@ -147,6 +190,7 @@ class Irq:
                        device=self.device.name)
 
     def _fd(self, vector: int) -> int:
+        self._check_open()
         if not self.eventfds:
             raise errors.InvalidArgumentError(
                 f"{self.name} is not enabled", device=self.device.name,
@@ -172,9 +216,11 @@ class Irq:
     def wait(self, vector: int = 0, timeout: Optional[float] = None) -> int:
         """Wait for an interrupt on ``vector``; returns how many arrived.
 
-        Raises :class:`~pyvfio.errors.TimedOutError` after ``timeout`` seconds.
+        Raises :class:`~pyvfio.errors.TimedOutError` after ``timeout`` seconds
+        (None or ``math.inf``: wait forever).
         """
         fd = self._fd(vector)
+        timeout = check_timeout(timeout, device=self.device.name)
         events = ((fd, select.POLLIN),)
         deadline = None if timeout is None else time.monotonic() + timeout
         if syscalls.poll(events, timeout):    # the common case: one poll, one read
@@ -196,13 +242,14 @@ class Irq:
     async def wait_async(self, vector: int = 0, timeout: Optional[float] = None) -> int:
         """:meth:`wait` for asyncio: the event loop watches the eventfd."""
         fd = self._fd(vector)
+        timeout = check_timeout(timeout, device=self.device.name)
         loop = asyncio.get_running_loop()
         while True:
             n = self.pending(vector)
             if n:
                 return n
             fut = loop.create_future()
-            loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(fd, lambda: None if fut.done() else fut.set_result(None))
             try:
                 await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
@@ -213,6 +260,7 @@ class Irq:
                 loop.remove_reader(fd)
 
     def close(self) -> None:
+        """Disable the index (the Irq object itself lives as long as its device)."""
         self.disable()
 
     def __repr__(self) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
+from typing import Any, Optional
 
 from pyvfio import errors
-from pyvfio.core import argsz
+from pyvfio.core import args, argsz
 from pyvfio.core import syscalls
 from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import lib
@@ -25,7 +25,7 @@ __all__ = ["open_device"]
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
-def _locate(name: str):
+def _locate(name: str) -> Any:
     """The sysfs view of ``name``: a PciDevice, or an Mdev for a UUID; checked bound to VFIO."""
     if _UUID.match(name):
         from pyvfio.vfio import mdev
@@ -36,7 +36,7 @@ def _locate(name: str):
     if not driver or "vfio" not in driver:
         raise errors.NotBoundError(
             f"not bound to vfio-pci (driver: {driver or 'none'})", device=dev.name,
-            remedy=f"pyvfio bind {dev.name}")
+            remedy=dev.bind_remedy("vfio-pci"))
     return dev
 
 
@@ -50,8 +50,14 @@ def open_device(name: str, *, iommu: str = "auto",
     container's IOMMU (type1v2, spapr_v2, noiommu...; best offered if None).
     ``allow_noiommu`` must be set to use a no-IOMMU group.
     """
-    if iommu not in ("auto", "iommufd", "container"):
-        raise errors.InvalidArgumentError(f"iommu must be auto, iommufd or container, not {iommu!r}")
+    if not isinstance(name, str):
+        raise errors.ArgumentTypeError(
+            f"the device name must be a str (a PCI address or an mdev UUID), not {name!r}")
+    args.choice(iommu, "iommu", ("auto", "iommufd", "container"), device=name)
+    allow_noiommu = args.boolean(allow_noiommu, "allow_noiommu", device=name)
+    if iommu_model is not None and not isinstance(iommu_model, str):
+        raise errors.ArgumentTypeError(f"iommu_model must be a str or None, not {iommu_model!r}",
+                                       device=name)
     where = _locate(name)
     name = where.name if hasattr(where, "address") else name
     cdev = where.vfio_cdev_path()

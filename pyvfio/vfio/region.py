@@ -22,6 +22,7 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 from pyvfio import errors
 from pyvfio.core import argsz
 from pyvfio.core import syscalls
+from pyvfio.core.handle import Handle
 from pyvfio.core.mmio import LITTLE, MmioAccess, Window
 from pyvfio.core.uapi import lib
 
@@ -30,7 +31,7 @@ __all__ = ["Region", "RegionInfo"]
 
 class RegionInfo(NamedTuple):
     """``VFIO_DEVICE_GET_REGION_INFO`` with its capabilities decoded."""
-    index: int
+    index: int  # type: ignore[assignment]  # the kernel's field name shadows tuple.index
     flags: int
     size: int
     offset: int
@@ -57,7 +58,7 @@ def region_info(fd: int, index: int, device: Optional[str] = None) -> RegionInfo
     return RegionInfo(index, info.flags, info.size, info.offset, sparse, rtype, msix)
 
 
-class Region(MmioAccess):
+class Region(MmioAccess, Handle):
     """One region of an open VFIO device.
 
     ``endian`` is the byte order of the device's registers (PCI: little);
@@ -67,7 +68,9 @@ class Region(MmioAccess):
     def __init__(self, device: Any, index: int, info: Optional[RegionInfo] = None,
                  endian: str = LITTLE) -> None:
         self.device = device
+        self._owner = device
         self.index = index
+        self.name = f"{device.name} region {index}"
         self.info = info or region_info(device.fd, index, device.name)
         self.size = self.info.size
         self.offset = self.info.offset
@@ -101,8 +104,12 @@ class Region(MmioAccess):
 
     def _check(self) -> None:
         if self._closed:
-            raise errors.ClosedError(self._where())
+            raise errors.ClosedError(self._where(), device=self.device.name)
         self.device._check_open()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or bool(self.device.closed)
 
     # -- mapping -----------------------------------------------------------------
     def mmap(self) -> "Region":
@@ -152,7 +159,7 @@ class Region(MmioAccess):
     def _mmio_check(self, off: int, size: int, write: bool) -> None:
         self._check()
         if type(off) is not int or type(size) is not int:
-            raise errors.InvalidArgumentError(
+            raise errors.ArgumentTypeError(
                 f"offset and size must be integers, not {off!r} and {size!r}",
                 device=self.device.name, remedy="pass int offsets and sizes")
         if off < 0 or size < 0 or off + size > self.size:

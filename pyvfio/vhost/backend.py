@@ -60,7 +60,7 @@ class VhostFeatures(NamedTuple):
 
 def _fd_of(e: EventLike) -> int:
     if e is None:
-        return lib.VHOST_FILE_UNBIND
+        return int(lib.VHOST_FILE_UNBIND)
     if isinstance(e, int):
         return e
     return e.fileno()
@@ -525,5 +525,5 @@ class DirtyLog:
     def __enter__(self) -> "DirtyLog":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()

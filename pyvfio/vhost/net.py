@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -85,7 +85,7 @@ class Tap:
             raise
 
     # -- netlink (pyroute2) ------------------------------------------------------------------
-    def _ipr(self):
+    def _ipr(self) -> Any:
         try:
             from pyroute2 import IPRoute
         except ImportError:  # pragma: no cover - a declared dependency
@@ -131,7 +131,7 @@ class Tap:
             syscalls.close(fd)
 
     # -- the tun file ---------------------------------------------------------------------------
-    def _ifreq(self, flags: int = 0):
+    def _ifreq(self, flags: int = 0) -> Any:
         req = ffi.new("char[]", _IFREQ_SIZE)
         name = self.name.encode()
         ffi.memmove(req, name, len(name))
@@ -191,7 +191,7 @@ class Tap:
     def __enter__(self) -> "Tap":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
@@ -357,5 +357,5 @@ class VirtioNet:
     def __enter__(self) -> "VirtioNet":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()

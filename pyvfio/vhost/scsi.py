@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import struct
-from typing import Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -51,7 +51,7 @@ class VhostScsi(VhostBackend):
         self._ioctl(lib.VHOST_SCSI_GET_ABI_VERSION, v)
         return int(v[0])
 
-    def _target(self, wwpn: str, tpgt: int):
+    def _target(self, wwpn: str, tpgt: int) -> Any:
         t = ffi.new("struct vhost_scsi_target *")
         t.abi_version = lib.VHOST_SCSI_ABI_VERSION
         name = wwpn.encode()
@@ -199,7 +199,7 @@ class LioTarget:
     def __enter__(self) -> "LioTarget":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
@@ -316,5 +316,5 @@ class VirtioScsi:
     def __enter__(self) -> "VirtioScsi":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno as _errno
 import time
 from collections import deque
-from typing import Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 from pyvfio import errors
 from pyvfio.core.eventfd import check_timeout
@@ -386,5 +386,5 @@ class VsockDriver:
     def __enter__(self) -> "VsockDriver":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()

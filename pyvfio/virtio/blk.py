@@ -12,7 +12,7 @@ request in flight, so batches of requests reuse the same regions.
 from __future__ import annotations
 
 import struct
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from pyvfio import errors
 from pyvfio.core.uapi import lib
@@ -120,7 +120,7 @@ class BlkDriver:
         self.queue.add(readable, writable, token=(i, request.read_len))
         return i
 
-    def complete(self, used) -> Tuple[int, bytes]:
+    def complete(self, used: Any) -> Tuple[int, bytes]:
         """Status and data of a used request; its slot is free again."""
         i, read_len = used.token
         s = self.slots[i]

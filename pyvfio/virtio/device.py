@@ -11,7 +11,7 @@ driver's interrupt suppression.
 """
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import mmio
@@ -66,7 +66,7 @@ class _DeviceQueue:
         self.event_idx = event_idx
         self.name = name
 
-    def _parts(self, entries, head_id: int, ndesc: int) -> DescChain:
+    def _parts(self, entries: Any, head_id: int, ndesc: int) -> DescChain:
         readable: List[Tuple[int, int]] = []
         writable: List[Tuple[int, int]] = []
         at = []
@@ -155,7 +155,7 @@ class DeviceSplitQueue(_DeviceQueue):
         self._signalled_used = new
         if self.event_idx:
             event = self.used_event[0]
-            return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+            return bool(((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF))
         return not (self.avail.flags & lib.VRING_AVAIL_F_NO_INTERRUPT)
 
     def set_no_notify(self, on: bool) -> None:
@@ -243,4 +243,4 @@ class DevicePackedQueue(_DeviceQueue):
         new = self.next_used
         old_pos, old_wrap = start
         old = old_pos if old_wrap == self.used_wrap else old_pos - self.size
-        return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return bool(((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF))

@@ -11,7 +11,7 @@ a region for its ``addr``; they never know which transport placed it.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
@@ -179,5 +179,5 @@ class DeviceMemory:
     def __enter__(self) -> "DeviceMemory":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()

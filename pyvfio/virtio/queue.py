@@ -603,7 +603,7 @@ class PackedQueue(Virtqueue):
             self._drv.flags = lib.VRING_PACKED_EVENT_FLAG_DESC
 
     def _flags(self, wrap: int) -> int:
-        return (wrap << lib.VRING_PACKED_DESC_F_AVAIL) | ((wrap ^ 1) << lib.VRING_PACKED_DESC_F_USED)
+        return int((wrap << lib.VRING_PACKED_DESC_F_AVAIL) | ((wrap ^ 1) << lib.VRING_PACKED_DESC_F_USED))
 
     def add(self, readable: Sequence[Region] = (), writable: Sequence[Region] = (),
             token: Any = None) -> int:
@@ -678,7 +678,7 @@ class PackedQueue(Virtqueue):
             event -= self.size
         new = self._next_avail
         old = new - added
-        return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return bool(((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF))
 
     def used(self, limit: int = 1 << 30) -> List[Used]:
         self._check_open()

@@ -380,8 +380,9 @@ class TestBind:
         assert "header type 1" in info.value.remedy
         assert fs.driver_of(PORT) == "pcieport"
 
-    def test_non_root_gets_a_permission_error_naming_the_file(self, fs):
+    def test_non_root_gets_a_permission_error_naming_the_file(self, monkeypatch, fs):
         fs.unprivileged = True
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)     # a user, not root
         nic = pci.get(NIC)
         with pytest.raises(errors.PermissionDeniedError) as info:
             nic.bind()
@@ -589,8 +590,9 @@ class TestCli:
         status, _, err = run_cli(capsys, "bind", "nic0")
         assert status == 1 and "not a PCI address: 'nic0'" in err
 
-    def test_bind_as_non_root(self, fs, capsys):
+    def test_bind_as_non_root(self, monkeypatch, fs, capsys):
         fs.unprivileged = True
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)     # a user, not root
         status, _, err = run_cli(capsys, "bind", NIC)
         assert status == 1
         assert "Permission denied [EACCES]" in err and "run as root" in err

@@ -10,8 +10,6 @@ from __future__ import annotations
 import pytest
 
 from pyvfio.core.memory import PAGE_SIZE as PAGE     # 4 KiB, or 64 KiB on POWER's 64K kernels
-
-from support import dma_address
 from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.core.memory import DmaBuffer
@@ -31,7 +29,7 @@ def test_with_block_ending_with_live_mappings_buffers_and_irqs(vfio_edu):
             m2 = dev.dma.map(buf, offset=PAGE, size=PAGE, dma_mask_bits=28)
             assert len(dev.dma.mappings) == 2 and m1.iova != m2.iova
         buf.write(0, b"live" * 16)
-        edu.to_device(dma_address(dev, buf), 64)
+        edu.to_device(dev.bus_address(buf), 64)
         edu.raise_irq(0x1)
         assert dev.msi.wait(timeout=10) == 1
         edu.ack_irq(0x1)

@@ -177,8 +177,9 @@ class TestErrors:
             mtty.create("mtty-1", "vm-1")
         assert fs.writes == []
 
-    def test_non_root(self, fs, mtty):
+    def test_non_root(self, monkeypatch, fs, mtty):
         fs.unprivileged = True
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)     # a user, not root
         with pytest.raises(errors.PermissionDeniedError) as info:
             mtty.create("mtty-1", U1)
         assert info.value.path.endswith("mdev_supported_types/mtty-1/create")

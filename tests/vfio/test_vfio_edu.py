@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from support import dma_address
 from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.core.memory import DmaBuffer
@@ -61,8 +60,8 @@ def test_dma_round_trip(edu, vfio_edu, size):
         pattern = bytes((i * 7 + 3) & 0xFF for i in range(size))
         buf.write(0, pattern)
         buf.write(4096, b"\0" * size)
-        src = dma_address(edu.device, buf, 0)
-        dst = dma_address(edu.device, buf, 4096)
+        src = edu.device.bus_address(buf, 0)
+        dst = edu.device.bus_address(buf, 4096)
         edu.to_device(src, size)             # RAM -> device buffer (device reads RAM)
         edu.from_device(dst, size)           # device buffer -> RAM (device writes RAM)
         assert buf.read(4096, size) == pattern
@@ -88,7 +87,7 @@ def test_dma_completion_msi(edu, vfio_edu):
     msi.enable()
     with DmaBuffer(4096) as buf:
         buf.write(0, b"pyvfio!" * 8)
-        edu.to_device(dma_address(edu.device, buf), 56, irq=True)
+        edu.to_device(edu.device.bus_address(buf), 56, irq=True)
         assert msi.wait(timeout=10) == 1     # one transfer: one completion MSI
         assert edu.irq_status & IRQ_DMA_DONE
         edu.ack_irq(IRQ_DMA_DONE)

@@ -16,7 +16,7 @@ Bits 27..16 of an arm64 id name a register class:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 from pyvfio.core.uapi import lib
 from pyvfio.kvm.regs import RegisterIdError, size_field
@@ -156,19 +156,19 @@ FIRMWARE: Dict[str, int] = {"PSCI_VERSION": 0, "SMCCC_ARCH_WORKAROUND_1": 1,
 FW_FEAT_BMAPS: Dict[str, int] = {"STD_BMAP": 0, "STD_HYP_BMAP": 1, "VENDOR_HYP_BMAP": 2}
 
 
-def fw(index_or_name) -> int:
+def fw(index_or_name: Union[int, str]) -> int:
     """A firmware pseudo-register by index or name (``"PSCI_VERSION"``)."""
     idx = _lookup(index_or_name, FIRMWARE, "firmware pseudo-register")
     return ARM64 | U64 | FW | (idx & 0xFFFF)
 
 
-def fw_feat_bmap(index_or_name) -> int:
+def fw_feat_bmap(index_or_name: Union[int, str]) -> int:
     """A firmware feature bitmap register by index or name (``"STD_BMAP"``)."""
     idx = _lookup(index_or_name, FW_FEAT_BMAPS, "firmware feature bitmap")
     return ARM64 | U64 | FW_FEAT_BMAP | (idx & 0xFFFF)
 
 
-def _lookup(key, table: Dict[str, int], what: str) -> int:
+def _lookup(key: Union[int, str], table: Dict[str, int], what: str) -> int:
     if isinstance(key, int) and not isinstance(key, bool):
         return key
     try:
@@ -206,12 +206,13 @@ def describe(reg_id: int) -> str:
     """The register part of :func:`pyvfio.kvm.regs.describe` for an arm64 id."""
     cls = reg_id & COPROC_MASK
     low = reg_id & 0xFFFF
+    name: Optional[str]
     if cls == CORE:
         name = _CORE_BY_INDEX.get(low)
         return f"core {name}" if name else f"core index {low:#x}"
     if cls == SYSREG:
         enc = decode_sysreg(reg_id)
-        name: Optional[str] = _SYSREG_BY_ENC.get(enc)
+        name = _SYSREG_BY_ENC.get(enc)
         encs = ",".join(map(str, enc))
         return f"sysreg {name} ({encs})" if name else f"sysreg ({encs})"
     if cls == FW:

@@ -45,7 +45,7 @@ def addr_of(arg: Any) -> int:
 def field_end(ctype: str, field: str) -> int:
     """``offsetofend(ctype, field)``."""
     ftype = dict(ffi.typeof(ctype).fields)[field].type
-    return ffi.offsetof(ctype, field) + ffi.sizeof(ftype)
+    return int(ffi.offsetof(ctype, field) + ffi.sizeof(ftype))
 
 
 def copy_from_user(addr: int, ctype: str, size: Optional[int] = None) -> Any:

@@ -283,7 +283,7 @@ class PciFunction:
         if self.host is None:
             self._fault(addr, length, False, "no DMA translation (device not in use)")
             return bytes(length)
-        return self.host.dma_read(addr, length)
+        return bytes(self.host.dma_read(addr, length))
 
     def dma_write(self, addr: int, data: bytes) -> None:
         """Write ``data`` to host memory at bus address ``addr`` (refused bytes are dropped)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import mmap as _mmap
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, cast
 
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.mock.core.caps import new_cap
@@ -247,7 +247,7 @@ class VfioPciDevice:
             if not m.msi_cap:
                 return 0
             flags = m.config_read(m.msi_cap + lib.PCI_MSI_FLAGS, 2)
-            return 1 << ((flags & lib.PCI_MSI_FLAGS_QMASK) >> 1)
+            return int(1 << ((flags & lib.PCI_MSI_FLAGS_QMASK) >> 1))
         if index == MSIX:
             return 0
         if index == ERR:
@@ -573,7 +573,7 @@ class VfioPciDevice:
         return 0
 
     def _bus_functions(self) -> List[Any]:
-        return self.kernel.pci.functions_on_bus(self.model.segment, self.model.bus)
+        return cast("List[Any]", self.kernel.pci.functions_on_bus(self.model.segment, self.model.bus))
 
     def _hot_reset_info(self, addr: int) -> int:
         ctype = "struct vfio_pci_hot_reset_info"
@@ -616,10 +616,10 @@ class VfioPciDevice:
     def devid_for(self, ctx: Any) -> int:
         """vfio_iommufd_get_dev_id: the devid in ``ctx``, OWNED (0) or NOT_OWNED (-1)."""
         if self.idev is not None and self.idev.ctx is ctx:
-            return self.idev.id
+            return int(self.idev.id)
         if ctx is not None and self.group.owner is ctx:
-            return lib.VFIO_PCI_DEVID_OWNED
-        return lib.VFIO_PCI_DEVID_NOT_OWNED
+            return int(lib.VFIO_PCI_DEVID_OWNED)
+        return int(lib.VFIO_PCI_DEVID_NOT_OWNED)
 
     def _hot_reset(self, addr: int) -> int:
         ctype = "struct vfio_pci_hot_reset"

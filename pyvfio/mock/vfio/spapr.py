@@ -24,7 +24,7 @@ emulated devices.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, cast
 
 from pyvfio.core.uapi import lib
 from pyvfio.mock.core.uaccess import (PAGE_SHIFT, PAGE_SIZE, ULONG_MAX, Translation, copy_args, copy_from_user,
@@ -225,7 +225,7 @@ class SpaprTceIommu:
         for mem in self.kernel.vfio.spapr_mm:
             if mem.ua == ua and mem.entries == entries:
                 mem.used += 1
-                return mem
+                return cast("MmIommuRegion | None", mem)
         return None
 
     def _mm_put(self, mem: MmIommuRegion) -> int:
@@ -490,7 +490,7 @@ class SpaprTceIommu:
             elif op.op > lib.VFIO_EEH_PE_INJECT_ERR:
                 raise fail(errno.EINVAL)
             if op.op == lib.VFIO_EEH_PE_GET_STATE:
-                return lib.VFIO_EEH_PE_STATE_NORMAL
+                return int(lib.VFIO_EEH_PE_STATE_NORMAL)
         return 0
 
     def close_summary(self) -> List[str]:

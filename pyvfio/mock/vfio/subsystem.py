@@ -151,7 +151,7 @@ class Container:
 
     def check_extension(self, arg: int) -> int:
         if self.driver is not None:
-            return self.driver.ioctl(lib.VFIO_CHECK_EXTENSION, arg)
+            return int(self.driver.ioctl(lib.VFIO_CHECK_EXTENSION, arg))
         ret = 0
         for drv in self.drivers():
             ret = drv.probe_extension(self.kernel, arg)
@@ -254,14 +254,14 @@ class ContainerFile(MockFile):
     def ioctl(self, cmd: int, addr: int) -> int:
         c = self.container
         if cmd == lib.VFIO_GET_API_VERSION:
-            return lib.VFIO_API_VERSION
+            return int(lib.VFIO_API_VERSION)
         if cmd == lib.VFIO_CHECK_EXTENSION:
             return c.check_extension(addr)
         if cmd == lib.VFIO_SET_IOMMU:
             return c.set_iommu(addr)
         if c.driver is None:
             raise fail(errno.EINVAL)
-        return c.driver.ioctl(cmd, addr)
+        return int(c.driver.ioctl(cmd, addr))
 
 
 class GroupFile(MockFile):

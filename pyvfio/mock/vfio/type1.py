@@ -13,6 +13,7 @@ import errno
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from pyvfio.core.uapi import ffi, lib
+from pyvfio.mock.pin import Pin
 from pyvfio.mock.core.caps import dma_avail_cap, iova_range_cap, link_caps
 from pyvfio.mock.core.uaccess import (PAGE_SIZE, U64_MAX, ULONG_MAX, Translation, copy_args, copy_from_user,
                     copy_to_user, fail, field_end, pages_spanned, user_range_ok, write_user)
@@ -30,11 +31,12 @@ PROT_WRITE = 2
 
 
 class _Dma:
-    __slots__ = ("iova", "size", "vaddr", "prot", "vaddr_invalid")
+    __slots__ = ("iova", "size", "vaddr", "prot", "vaddr_invalid", "pin")
 
     def __init__(self, iova: int, size: int, vaddr: int, prot: int) -> None:
         self.iova, self.size, self.vaddr, self.prot = iova, size, vaddr, prot
         self.vaddr_invalid = False
+        self.pin = Pin(vaddr, size)             # DMA reaches these pages until unmapped
 
     @property
     def end(self) -> int:
@@ -104,7 +106,7 @@ class Type1Iommu:
         bitmap = self.kernel.iommu.iova_pgsizes
         if bitmap & (PAGE_SIZE - 1):
             bitmap = (bitmap & ~(PAGE_SIZE - 1)) | PAGE_SIZE
-        return bitmap
+        return int(bitmap)
 
     @property
     def min_pgsize(self) -> int:
@@ -130,6 +132,7 @@ class Type1Iommu:
         self.kernel.process.accounting.charge(pages_spanned(dma.vaddr, dma.size), "mm")
 
     def _unaccount(self, dma: _Dma) -> None:
+        dma.pin.release()
         self.kernel.process.accounting.uncharge(pages_spanned(dma.vaddr, dma.size), "mm")
 
     # -- DMA translation ----------------------------------------------------------------------
@@ -146,7 +149,7 @@ class Type1Iommu:
                 return Translation(None, run, "DMA read from a mapping without read permission")
             if dma.vaddr_invalid:
                 return Translation(None, run, "vaddr invalidated (VFIO_DMA_UNMAP_FLAG_VADDR)")
-            return Translation(dma.vaddr + (iova - dma.iova), run)
+            return Translation(dma.pin.address(dma.vaddr + (iova - dma.iova)), run)
         nxt = self.dmas[i + 1].iova if i + 1 < len(self.dmas) else None
         run = (nxt - iova) if nxt is not None else (self.min_pgsize - (iova % self.min_pgsize))
         return Translation(None, max(1, run), "IOVA not mapped")
@@ -227,6 +230,8 @@ class Type1Iommu:
                 raise fail(errno.EINVAL)
             dma.vaddr = vaddr
             dma.vaddr_invalid = False
+            dma.pin.release()
+            dma.pin = Pin(vaddr, size)
             return 0
         if dma is not None:
             raise fail(errno.EEXIST)
