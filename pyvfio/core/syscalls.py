@@ -200,9 +200,7 @@ def open(path: str, flags: int = os.O_RDWR, *, device: Optional[str] = None) -> 
         fd = backend().open(path, flags)
     except OSError as exc:
         raise _fail(exc, "open", path, device) from None
-    with _lock:
-        _fds[fd] = path
-    return fd
+    return adopt(fd, path)
 
 
 def adopt(fd: int, description: str) -> int:
@@ -362,9 +360,7 @@ def eventfd(initval: int = 0, flags: int = 0, *, what: str = "eventfd") -> int:
         fd = backend().eventfd(initval, flags)
     except OSError as exc:
         raise _fail(exc, "eventfd", None, None) from None
-    with _lock:
-        _fds[fd] = what
-    return fd
+    return adopt(fd, what)
 
 
 def socket(family: int, type_: int, proto: int = 0, *,
@@ -378,9 +374,7 @@ def socket(family: int, type_: int, proto: int = 0, *,
         fd = backend().socket(family, type_, proto, options)
     except OSError as exc:
         raise _fail(exc, "socket", what, None) from None
-    with _lock:
-        _fds[fd] = what
-    return fd
+    return adopt(fd, what)
 
 
 def poll(fds: Sequence[Tuple[int, int]], timeout: Optional[float]) -> List[Tuple[int, int]]:
@@ -437,9 +431,7 @@ def memfd_create(name: str, flags: int = 0) -> int:
         fd = backend().memfd_create(name, flags)
     except OSError as exc:
         raise _fail(exc, "memfd_create", f"memfd:{name}", None) from None
-    with _lock:
-        _fds[fd] = f"memfd:{name}"
-    return fd
+    return adopt(fd, f"memfd:{name}")
 
 
 def ftruncate(fd: int, length: int) -> None:

@@ -99,6 +99,7 @@ class VhostFile(MockFile):
         self.log_ctx: Optional[EventFd] = None
         self.iotlb: Optional[List[Tuple[int, int, int, int]]] = None
         self.misses: List[Tuple[int, int]] = []       # IOTLB MISS messages not yet read
+        self.stalled: Set[int] = set()                # vrings waiting for an IOTLB update
 
     def release(self) -> None:
         self.family.files.discard(self)
@@ -134,6 +135,7 @@ class VhostFile(MockFile):
             if not t.size or t.iova + t.size - 1 < t.iova:
                 raise fail(errno.EINVAL)
             self.iotlb.append((int(t.iova), int(t.size), int(t.uaddr), int(t.perm)))
+            self.stalled.clear()                 # vhost_iotlb_notify_vq: the vrings run again
         elif t.type == lib.VHOST_IOTLB_INVALIDATE:
             lo, hi = t.iova, t.iova + t.size
             self.iotlb = [e for e in self.iotlb if e[0] + e[1] <= lo or e[0] >= hi]
@@ -519,10 +521,14 @@ class VhostNetFile(VhostFile):
                 rx.call.signal(1)
 
     def _pop(self, vq: Vring):
+        if vq.index in self.stalled:
+            return None
         try:
             return vq.device.pop()
         except OSError:
-            return None              # a fault (an IOTLB miss is queued): retried on the next run
+            if self.iotlb is not None:
+                self.stalled.add(vq.index)   # one MISS sent; retried after the next UPDATE
+            return None
 
     def _hdr_len(self) -> int:
         if self.features & ((1 << lib.VIRTIO_NET_F_MRG_RXBUF) | (1 << lib.VIRTIO_F_VERSION_1)):

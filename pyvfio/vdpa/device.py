@@ -29,7 +29,7 @@ import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from pyvfio import errors
-from pyvfio.core import argsz, syscalls
+from pyvfio.core import argsz
 from pyvfio.core.eventfd import EventFd
 from pyvfio.core.memory import DmaBuffer
 from pyvfio.core.space import IoAddressSpace

@@ -25,7 +25,7 @@ import os
 import socket as _socket
 import struct
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pyroute2.netlink import (CTRL_CMD_GETFAMILY, GENL_ID_CTRL, NLM_F_ACK, NLM_F_DUMP,
                               NLM_F_REQUEST, ctrlmsg, genlmsg)

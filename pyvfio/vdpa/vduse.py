@@ -34,7 +34,7 @@ import select
 import struct
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -42,7 +42,7 @@ from pyvfio.core.eventfd import EventFd
 from pyvfio.core.handle import Handle
 from pyvfio.core.sysfs import host
 from pyvfio.core.uapi import ffi, lib
-from pyvfio.virtio.device import DescChain, DeviceSplitQueue
+from pyvfio.virtio.device import DescChain, DevicePackedQueue, DeviceSplitQueue
 
 __all__ = ["VduseDevice", "VduseBlk", "VDUSE_MSG_TIMEOUT"]
 
@@ -90,7 +90,7 @@ class VduseDevice(Handle):
         self._created = False
         self._maps: List[_Map] = []
         self._retired: List[_Map] = []
-        self._vqs: List[Optional[DeviceSplitQueue]] = [None] * vq_num
+        self._vqs: List[Any] = [None] * vq_num
         self._kicks: List[Optional[EventFd]] = [None] * vq_num
         self._thread: Optional[threading.Thread] = None
         self._stop: Optional[EventFd] = None
@@ -192,7 +192,12 @@ class VduseDevice(Handle):
                 i = req.vq_state.index
                 resp.vq_state.index = i
                 vq = self._vqs[i] if i < self.vq_num else None
-                resp.vq_state.split.avail_index = vq.last_avail if vq is not None else 0
+                if isinstance(vq, DevicePackedQueue):
+                    p = resp.vq_state.packed
+                    p.last_avail_idx, p.last_avail_counter = vq.next_avail, vq.avail_wrap
+                    p.last_used_idx, p.last_used_counter = vq.next_used, vq.used_wrap
+                else:
+                    resp.vq_state.split.avail_index = vq.last_avail if vq is not None else 0
             elif req.type == lib.VDUSE_SET_STATUS:
                 self._set_status(req.s.status)
             elif req.type == lib.VDUSE_UPDATE_IOTLB:
@@ -217,24 +222,42 @@ class VduseDevice(Handle):
         features = ffi.new("uint64_t *")
         syscalls.ioctl(self.fd, lib.VDUSE_DEV_GET_FEATURES, features, device=self.name)
         event_idx = bool(features[0] >> lib.VIRTIO_RING_F_EVENT_IDX & 1)
+        packed = bool(features[0] >> lib.VIRTIO_F_RING_PACKED & 1)
         for i in range(self.vq_num):
             info = ffi.new("struct vduse_vq_info *", {"index": i})
             syscalls.ioctl(self.fd, lib.VDUSE_VQ_GET_INFO, info, device=self.name)
             if not info.ready:
                 continue
             n = info.num
+            name = f"{self.name} vq {i}"
+            if packed:
+                q = DevicePackedQueue(
+                    n, self.translate(info.desc_addr, 16 * n, True),
+                    self.translate(info.driver_addr, 4, False),
+                    self.translate(info.device_addr, 4, True), self.translate,
+                    event_idx=event_idx, name=name)
+                st = info.packed                    # where the driver said to resume
+                q.next_avail, q.avail_wrap = st.last_avail_idx, st.last_avail_counter
+                q.next_used, q.used_wrap = st.last_used_idx, st.last_used_counter
+                self._vqs[i] = q
+                self._setup_kick(i)
+                continue
             desc = self.translate(info.desc_addr, 16 * n, False)
             avail = self.translate(info.driver_addr, 6 + 2 * n, False)
             used = self.translate(info.device_addr, 6 + 8 * n, True)
             self._vqs[i] = DeviceSplitQueue(n, desc, avail, used, self.translate,
                                             event_idx=event_idx,
                                             last_avail=info.split.avail_index,
-                                            name=f"{self.name} vq {i}")
-            kick = EventFd(f"{self.name} vq {i} kick")
-            self._kicks[i] = kick
-            e = ffi.new("struct vduse_vq_eventfd *", {"index": i, "fd": kick.fd})
-            syscalls.ioctl(self.fd, lib.VDUSE_VQ_SETUP_KICKFD, e, device=self.name)
-            self._run_queue(i)
+                                            name=name)
+            self._setup_kick(i)
+
+    def _setup_kick(self, i: int) -> None:
+        """Give the kernel an eventfd to signal for vq ``i``'s kicks; serve what is there."""
+        kick = EventFd(f"{self.name} vq {i} kick")
+        self._kicks[i] = kick
+        e = ffi.new("struct vduse_vq_eventfd *", {"index": i, "fd": kick.fd})
+        syscalls.ioctl(self.fd, lib.VDUSE_VQ_SETUP_KICKFD, e, device=self.name)
+        self._run_queue(i)
 
     def _stop_queues(self) -> None:
         for i, k in enumerate(self._kicks):
@@ -314,7 +337,11 @@ class VduseDevice(Handle):
                 chain = vq.pop()
                 if chain is None:
                     break
-                vq.push(chain.id, self.process(index, chain))
+                written = self.process(index, chain)
+                if isinstance(vq, DevicePackedQueue):
+                    vq.push(chain.id, written, chain.ndesc)
+                else:
+                    vq.push(chain.id, written)
                 did += 1
             if not did:
                 return
@@ -409,7 +436,8 @@ class VduseBlk(VduseDevice):
     """
 
     def __init__(self, name: str, *, path: Optional[str] = None, size: Optional[int] = None,
-                 serial: bytes = b"pyvfio-vduse", queue_size: int = 256) -> None:
+                 serial: bytes = b"pyvfio-vduse", queue_size: int = 256,
+                 packed: bool = False) -> None:
         self.backing_fd = -1
         self.memory: Optional[Any] = None
         if (path is None) == (size is None):
@@ -431,7 +459,8 @@ class VduseBlk(VduseDevice):
         cfg.num_queues = 1
         features = ((1 << lib.VIRTIO_F_VERSION_1) | (1 << lib.VIRTIO_F_ACCESS_PLATFORM) |
                     (1 << lib.VIRTIO_BLK_F_FLUSH) | (1 << lib.VIRTIO_BLK_F_SEG_MAX) |
-                    (1 << lib.VIRTIO_BLK_F_BLK_SIZE))
+                    (1 << lib.VIRTIO_BLK_F_BLK_SIZE) |
+                    ((1 << lib.VIRTIO_F_RING_PACKED) if packed else 0))
         try:
             super().__init__(name, device_id=lib.VIRTIO_ID_BLOCK, features=features,
                              config=bytes(ffi.buffer(cfg)), vq_num=1, vq_max=queue_size)

@@ -15,7 +15,7 @@ import struct
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from pyvfio import errors
-from pyvfio.core.uapi import ffi, lib
+from pyvfio.core.uapi import lib
 from pyvfio.virtio.memory import DeviceMemory, Region
 from pyvfio.virtio.queue import Virtqueue
 

@@ -13,25 +13,28 @@ from pyvfio.core.uapi import lib
 from pyvfio.vdpa.device import DRIVER_OK, VhostVdpa
 from pyvfio.vdpa.vduse import VduseBlk
 from pyvfio.virtio.blk import SECTOR_SIZE, BlkDriver, BlkRequest
-from pyvfio.virtio.queue import SplitQueue
+from pyvfio.virtio.queue import PackedQueue, create_queue
 
 pytestmark = pytest.mark.device
 
 BASE = (1 << lib.VIRTIO_F_VERSION_1) | (1 << lib.VIRTIO_F_ACCESS_PLATFORM)
 
 
-def _drive(dev: VhostVdpa):
-    features = dev.negotiate(dev.get_features() & (BASE | (1 << lib.VIRTIO_BLK_F_FLUSH)))
+def _drive(dev: VhostVdpa, packed: bool = False):
+    want = BASE | (1 << lib.VIRTIO_BLK_F_FLUSH) | ((1 << lib.VIRTIO_F_RING_PACKED) if packed else 0)
+    features = dev.negotiate(dev.get_features() & want)
+    assert bool(features >> lib.VIRTIO_F_RING_PACKED & 1) == packed
     mem = dev.iotlb_memory(0)
     mem.new_buffer(1 << 20)
-    q = SplitQueue(mem, 128, features=features, name="vduse blk vq 0")
+    q = create_queue(mem, 128, features=features, name="vduse blk vq 0")
     dev.setup_vring(0, q)
     dev.driver_ok()
     return q, BlkDriver(q, depth=32, max_bytes=8 * SECTOR_SIZE)
 
 
-@pytest.mark.parametrize("backing", ["memory", "file"])
-def test_vduse_blk_256_random_sectors(vdpa_env, tmp_path, backing, lab_target):
+@pytest.mark.parametrize("backing,layout", [("memory", "split"), ("file", "split"),
+                                            ("memory", "packed")])
+def test_vduse_blk_256_random_sectors(vdpa_env, tmp_path, backing, layout, lab_target):
     require_real(lab_target, "VDUSE")
     if not os.path.exists("/dev/vduse/control"):
         pytest.skip("this kernel has no VDUSE (CONFIG_VDPA_USER)")
@@ -41,19 +44,20 @@ def test_vduse_blk_256_random_sectors(vdpa_env, tmp_path, backing, lab_target):
         path = tmp_path / "disk.img"
         path.write_bytes(bytes(size))
         kw = {"path": str(path)}
-    name = f"pvduse{os.getpid() % 1000}{backing[0]}"
+    name = f"pvduse{os.getpid() % 1000}{backing[0]}{layout[0]}"
     rnd = random.Random(4)
     capacity = size // SECTOR_SIZE
     sectors = rnd.sample(range(capacity), 256)
     data = {s: rnd.randbytes(SECTOR_SIZE) for s in sectors}
-    with VduseBlk(name, serial=b"pyvfio-e2e", **kw) as served:
+    with VduseBlk(name, serial=b"pyvfio-e2e", packed=layout == "packed", **kw) as served:
         d = vdpa_env.dev_add(name, "vduse")
         assert (d.device_id, d.mgmtdev) == (lib.VIRTIO_ID_BLOCK, "vduse")
         try:
             with VhostVdpa(name) as dev:
                 assert dev.device_id == lib.VIRTIO_ID_BLOCK and dev.num_queues == 1
                 assert int.from_bytes(dev.get_config(0, 8), "little") == capacity
-                q, blk = _drive(dev)
+                q, blk = _drive(dev, packed=layout == "packed")
+                assert isinstance(q, PackedQueue) == (layout == "packed")
                 assert served.status & DRIVER_OK
                 for i in range(0, 256, 16):
                     done = blk.run([BlkRequest(lib.VIRTIO_BLK_T_OUT, s, data[s])
