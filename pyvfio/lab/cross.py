@@ -42,7 +42,8 @@ BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "core" / "_build_uapi.py"
 #: ``pyvfio.core._mmio``'s source and the header it shares with the binding.
 MMIO_SOURCES = (BUILD_SCRIPT.with_name("_mmio.c"), BUILD_SCRIPT.with_name("mmio_access.h"))
 #: What a target's Python userland holds (their dependencies come along).
-USERLAND_PACKAGES = ("python3", "python3-cffi-backend", "python3-pytest", "python3-pyroute2",
+USERLAND_PACKAGES = ("python3", "python3-cffi-backend", "python3-cffi", "python3-pytest",
+                     "python3-pyroute2",
                      "libpython3-dev", "dash", "busybox-static")
 #: The uAPI directories of linux-libc-dev besides ``asm/``.
 _UAPI_DIRS = ("linux", "asm-generic", "misc", "mtd", "rdma", "scsi", "sound", "video", "xen",
