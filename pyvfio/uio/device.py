@@ -391,8 +391,8 @@ class UioDevice(Handle):
             return None
         try:
             res = PciDevice(self.pci).resources
-        except errors.PyvfioError:
-            return None
+        except errors.NotFoundError:       # the parent is gone: no BAR to name
+            return None                    # (a failed read is the caller's error, not absorbed)
         for r in res[:6]:
             if r.is_mem and r.size and r.start == info.addr + info.offset:
                 return r.index

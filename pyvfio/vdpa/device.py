@@ -294,14 +294,28 @@ class VhostVdpa(VhostBackend):
 
     def close(self) -> None:
         """Close the queues set up on the device and the memory it handed out, unmap every
-        IOVA, close the node (the kernel resets the device)."""
+        IOVA, close the node (the kernel resets the device).
+
+        A failed step (an IOTLB invalidate refused) does not stop the others:
+        the node is closed all the same (closing it drops every mapping in the
+        kernel) and the first error is raised afterwards.
+        """
+        first: Optional[BaseException] = None
         for q in list(self.queues.values()):
-            q.close()
+            try:
+                q.close()
+            except errors.PyvfioError as exc:
+                first = first or exc
         self.queues.clear()
         for mem in self._memories:
-            mem.close()
+            try:
+                mem.close()
+            except errors.PyvfioError as exc:
+                first = first or exc
         self._memories.clear()
         super().close()
+        if first is not None:
+            raise first
 
     # -- plumbing ------------------------------------------------------------------------------
     def _get(self, request: int, ctype: str) -> int:

@@ -74,10 +74,96 @@ def vhost_net_rings_and_frames(env: Any) -> None:
         assert net.receive(8) == frames          # the mock loops TX back into RX
 
 
+def uio_msi_map_vectors(env: Any) -> None:
+    """Open a uio_msi device, map its BAR 0, connect every MSI-X vector to an eventfd."""
+    from pyvfio import uio
+    with uio.open_uio(env.bdf) as dev:
+        bar = dev.map(0)
+        bar.read(0, 4)
+        fds = dev.msix.enable()
+        assert len(fds) == env.vectors
+        dev.msix.disable()
+
+
+def vdpa_dev_status_vring(env: Any) -> None:
+    """Netlink dev add, open vhost-vdpa, ACKNOWLEDGE -> DRIVER -> FEATURES_OK, one vring up."""
+    from pyvfio.core.uapi import lib
+    from pyvfio.vdpa.device import ACKNOWLEDGE, DRIVER, VhostVdpa
+    from pyvfio.vdpa.netlink import Vdpa
+    from pyvfio.virtio.queue import SplitQueue
+    base = (1 << lib.VIRTIO_F_VERSION_1) | (1 << lib.VIRTIO_F_ACCESS_PLATFORM)
+    with Vdpa() as nl:
+        try:
+            nl.dev_add("pvfi0", "vdpasim_blk")
+            with VhostVdpa("pvfi0") as dev:
+                dev.add_status(ACKNOWLEDGE)
+                dev.add_status(DRIVER)
+                features = dev.negotiate(dev.get_features() & base)
+                mem = dev.iotlb_memory(0)
+                mem.new_buffer(1 << 16)
+                with SplitQueue(mem, 64, features=features, name="fi vq 0") as q:
+                    dev.setup_vring(0, q)
+        finally:
+            _vdpa_dev_del(nl, "pvfi0")
+
+
+def _vdpa_dev_del(nl: Any, name: str) -> None:
+    """Delete ``name`` if the kernel made it (an add whose ack was lost did make it).
+
+    A failed delete is tried once more, then reported: the device must not
+    outlive the sequence, and the failure must not be absorbed.
+    """
+    try:
+        nl.dev_del(name)
+    except errors.NotFoundError:
+        pass                                     # the add never reached the kernel
+    except errors.PyvfioError:
+        try:
+            nl.dev_del(name)
+        except errors.NotFoundError:
+            pass
+        raise
+
+
+def vhost_vsock_cid_rings(env: Any) -> None:
+    """vhost-vsock: owner, features, guest CID, memory table, two rings with eventfds."""
+    from pyvfio.core.eventfd import EventFd
+    from pyvfio.core.uapi import lib
+    from pyvfio.vhost.vsock import VhostVsock
+    from pyvfio.virtio import DeviceMemory
+    with VhostVsock() as v, DeviceMemory() as mem, EventFd("kick") as kick, \
+            EventFd("call") as call:
+        v.set_features(1 << lib.VIRTIO_F_VERSION_1)
+        v.set_guest_cid(7)
+        mem.new_buffer(1 << 16)
+        v.set_mem_table(mem)
+        for index in (0, 1):
+            v.set_vring_num(index, 64)
+            v.set_vring_kick(index, kick)
+            v.set_vring_call(index, call)
+
+
+def vhost_scsi_mem_workers(env: Any) -> None:
+    """vhost-scsi: owner, ABI version, memory table, a worker attached to a vring."""
+    from pyvfio.vhost.scsi import VhostScsi
+    from pyvfio.virtio import DeviceMemory
+    with VhostScsi() as v, DeviceMemory() as mem:
+        v.get_abi_version()
+        mem.new_buffer(1 << 16)
+        v.set_mem_table(mem)
+        w = v.new_worker()
+        v.attach_vring_worker(2, w)
+        v.get_events_missed()
+
+
 # other families: name -> (fixture giving the environment, sequence); one line each
 SEQUENCES: Dict[str, Tuple[str, Callable[[Any], None]]] = {
     "kvm vm+memory+vcpu+irqfd": ("host_kvm", kvm_vm_memory_vcpu_irqfd),
     "vhost-net tap+rings+frames": ("mock_vhost", vhost_net_rings_and_frames),
+    "uio_msi open+map+vectors": ("mock_uio", uio_msi_map_vectors),
+    "vdpa add+status+vring": ("mock_vdpa", vdpa_dev_status_vring),
+    "vhost-vsock cid+rings": ("mock_vhost", vhost_vsock_cid_rings),
+    "vhost-scsi mem+worker": ("mock_vhost", vhost_scsi_mem_workers),
 }
 
 
@@ -90,6 +176,33 @@ def mock_vhost(lab_target, tmp_path):
     from pyvfio.mock import mock_kernel
     with mock_kernel(tmp_path) as mk, use_host(host().with_roots(dev=mk.devroot)):
         yield mk
+
+
+@pytest.fixture
+def mock_vdpa(lab_target, tmp_path):
+    """The mock kernel's vdpa netlink family and vhost-vdpa state rules (no kernel here has vDPA)."""
+    if lab_target.kind == "real":
+        pytest.skip("the vDPA sequence runs against the mock's vdpasim_blk management device")
+    from pyvfio.core.sysfs import use_host
+    from pyvfio.mock import mock_kernel
+    with mock_kernel(tmp_path) as mk, use_host(mk.host):
+        yield mk
+
+
+@pytest.fixture
+def mock_uio(lab_target, tmp_path):
+    """The mock kernel's UIO family: an MSI-X test function bound to uio_msi."""
+    if lab_target.kind == "real":
+        pytest.skip("the UIO sequence uses the mock's MSI-X test function")
+    from types import SimpleNamespace
+    from pyvfio.core.sysfs import host, use_host
+    from pyvfio.mock import mock_kernel
+    from pyvfio.mock.uio import MsixModel
+    bdf = "0000:00:12.0"
+    with mock_kernel(tmp_path, devices=[MsixModel(bdf, group=7, vectors=4)], iommu="none",
+                     noiommu=True, uio={bdf: "uio_msi"}) as mk, \
+            use_host(host().with_roots(sysfs=mk.sysfs, dev=mk.devroot)):
+        yield SimpleNamespace(mock=mk, bdf=bdf, vectors=4)
 
 
 @pytest.fixture
