@@ -401,7 +401,7 @@ class VhostVdpa(VhostBackend):
         The library refuses what breaks the protocol (``check=False`` sends it
         anyway, to see the kernel's answer, which becomes the same error).
         """
-        if not 0 <= status <= 0xFF:
+        if not (isinstance(status, int) and not isinstance(status, bool)) or not 0 <= status <= 0xFF:
             raise errors.InvalidArgumentError(f"status {status!r} is not a byte", device=self.name)
         old = self.status
         if check:
@@ -639,6 +639,12 @@ class VhostVdpa(VhostBackend):
                      asid: int = 0) -> None:
         """Map ``iova``..+``size`` of ASID ``asid`` to process address ``uaddr``."""
         from pyvfio.vhost.backend import IotlbMsg
+        for what, value in (("iova", iova), ("size", size), ("uaddr", uaddr), ("perm", perm),
+                            ("asid", asid)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise errors.InvalidArgumentError(
+                    f"IOTLB update: {what} {value!r} is not a non-negative integer",
+                    device=self.name, remedy=f"pass {what} as an int")
         first, last = self.iova_range()
         if size <= 0 or iova < first or iova + size - 1 > last:
             raise errors.IovaError(

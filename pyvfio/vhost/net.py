@@ -321,6 +321,16 @@ class VirtioNet:
         With ``split_header`` each frame is two descriptors (header, frame).
         Returns the number sent.
         """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+            raise errors.InvalidArgumentError(
+                f"batch {batch!r} is not a positive integer",
+                device=getattr(self.vhost, "name", None),
+                remedy="pass batch=1..queue size")
+        if not isinstance(frames, (list, tuple)) or not all(
+                isinstance(f, (bytes, bytearray, memoryview)) for f in frames):
+            raise errors.InvalidArgumentError(
+                f"frames must be a sequence of bytes, not {type(frames).__name__}",
+                device=getattr(self.vhost, "name", None), remedy="pass a list of bytes objects")
         q = self.txq
         hdr = bytes(NET_HDR_LEN)
         sent = 0

@@ -135,6 +135,11 @@ class DeviceMemory:
 
     def region(self, buffer: DmaBuffer, offset: int = 0, size: Optional[int] = None) -> Region:
         """A :class:`Region` of a placed buffer."""
+        for what, value in (("offset", offset), ("size", size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise errors.InvalidArgumentError(
+                    f"region {what} {value!r} is not an integer", device=self.name,
+                    remedy=f"pass {what} as an int inside the buffer")
         if size is None:
             size = buffer.size - offset
         return Region(buffer, offset, size, self.addr(buffer, offset))

@@ -283,7 +283,8 @@ def _child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...]) -> Dict[st
     return result
 
 
-def run_in_child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...]) -> Dict[str, str]:
+def run_in_child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...], *,
+                 child: Callable[..., Dict[str, str]] = None) -> Dict[str, str]:  # type: ignore[assignment]
     """Fork, run one example in the child, and wait for it under the watchdog."""
     r, w = os.pipe()
     sys.stdout.flush()
@@ -293,7 +294,7 @@ def run_in_child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...]) -> D
         code = 0
         try:
             os.close(r)
-            out = _child(env, func, args)
+            out = (child or _child)(env, func, args)
             os.write(w, json.dumps(out).encode())
         except BaseException:                                      # noqa: B902 - report anything
             code = 3
@@ -344,6 +345,201 @@ def test_fuzz_entry_point(name, vfio_edu):
     @given(args=strategy)
     def one(args):
         out = run_in_child(vfio_edu, func, args)
+        counts[out["outcome"]] = counts.get(out["outcome"], 0) + 1
+        if out["outcome"] not in ("ok", "library"):
+            bad.append(f"{name}{args!r}: {out['outcome']}: {out['detail']}")
+
+    one()
+    assert not bad, "\n".join(bad[:10])
+
+
+# -- vhost/virtio, vDPA and UIO families (mock kernel, one fresh per child) -----------------
+#
+# ``ctx`` of these entry points holds the family's mock kernel only; each entry point
+# opens what it needs in ``with`` blocks, so a leak is whatever outlives them.
+
+def _scatter() -> st.SearchStrategy:
+    """A scatter list: (offset, size) parts, plausible and nasty, up to 5 parts."""
+    part = st.tuples(st.one_of(st.integers(0, 0x3000), nasty()),
+                     st.one_of(st.integers(0, 0x1000), nasty()))
+    return st.lists(part, max_size=5)
+
+
+def _vhost_queue(ctx, readable, writable, kicks, batch):
+    """Random chains on the loopback vhost-net TX ring: add, kick, collect used."""
+    from pyvfio.vhost import Tap, VirtioNet
+    with Tap("pyvfio-fz0", create=False) as tap, VirtioNet(tap, size=16) as net:
+        buf = net._tx_slots[0].buffer
+        for _ in range(batch if isinstance(batch, int) and 0 <= batch <= 20 else 1):
+            net.txq.add([net.memory.region(buf, o, n) for o, n in readable],
+                        [net.memory.region(buf, o, n) for o, n in writable])
+            if kicks:
+                net.txq.kick()
+        net.txq.used()
+
+
+def _vhost_transmit(ctx, frames, batch):
+    from pyvfio.vhost import Tap, VirtioNet
+    with Tap("pyvfio-fz0", create=False) as tap, VirtioNet(tap, size=16) as net:
+        net.post_rx()
+        net.transmit(frames, batch=batch)
+        net.receive(len(frames) if isinstance(frames, list) else 1, timeout=0.1)
+
+
+def _vdpa(ctx, body):
+    from pyvfio.vdpa.device import VhostVdpa
+    from pyvfio.vdpa.netlink import Vdpa
+    with Vdpa() as nl:
+        nl.dev_add("pvfz0", "vdpasim_blk")
+        try:
+            with VhostVdpa("pvfz0") as dev:
+                return body(dev)
+        finally:
+            nl.dev_del("pvfz0")
+
+
+def _vdpa_status(ctx, values):
+    def body(dev):
+        for v in values:
+            dev.set_status(v)
+        return dev.get_status()
+    return _vdpa(ctx, body)
+
+
+def _vdpa_vring(ctx, op, index, num):
+    from pyvfio.vdpa.device import ACKNOWLEDGE, DRIVER
+    def body(dev):
+        dev.add_status(ACKNOWLEDGE)
+        dev.add_status(DRIVER)
+        dev.negotiate(dev.get_features() & (1 << 32))
+        getattr(dev, op)(index, num) if op != "set_vring_enable" else dev.set_vring_enable(
+            index, bool(num))
+    return _vdpa(ctx, body)
+
+
+def _vdpa_iotlb(ctx, iova, size, perm, asid):
+    from pyvfio.core.memory import DmaBuffer
+    def body(dev):
+        with DmaBuffer(8192, "memfd") as b:
+            dev.iotlb_update(iova, size, b.vaddr, perm, asid=asid)
+            dev.iotlb_invalidate(iova, size, asid=asid)
+    return _vdpa(ctx, body)
+
+
+def _vdpa_space_map(ctx, iova, size):
+    from pyvfio.core.memory import DmaBuffer
+    def body(dev):
+        with DmaBuffer(8192, "memfd") as b:
+            dev.space(0).map(b, iova=iova, size=size)
+            dev.space(0).unmap_all()
+    return _vdpa(ctx, body)
+
+
+def _uio(ctx, body):
+    from pyvfio import uio
+    with uio.open_uio(ctx.bdf) as dev:
+        return body(dev)
+
+
+def _uio_map(ctx, index, width, off, value):
+    def body(dev):
+        m = dev.map(index)
+        m.read(off, width)
+        m.write(off, width, value)
+    return _uio(ctx, body)
+
+
+def _uio_vector(ctx, op, vector, n):
+    from pyvfio.core.eventfd import EventFd
+    def body(dev):
+        if op == "enable":
+            dev.msix.enable(n)
+            dev.msix.disable()
+        elif op == "set":
+            with EventFd("fuzz vec") as e:
+                dev.msix.set(vector, e)
+                dev.msix.clear(vector)
+        else:
+            dev.msix.enable()
+            dev.msix.pending(vector)
+            dev.msix.disable()
+    return _uio(ctx, body)
+
+
+FAMILY_ENTRY_POINTS: Dict[str, Tuple[str, Any, Callable[..., Any]]] = {
+    "VirtQueue.add+kick+used": ("vhost", st.tuples(_scatter(), _scatter(), st.booleans(),
+                                                   small()), _vhost_queue),
+    "VirtioNet.transmit": ("vhost", st.tuples(
+        st.one_of(st.lists(st.binary(min_size=0, max_size=2000), max_size=6), nasty()),
+        small()), _vhost_transmit),
+    "VhostVdpa.set_status": ("vdpa", st.tuples(st.lists(
+        st.one_of(st.integers(0, 0xFF), nasty()), max_size=4)), _vdpa_status),
+    "VhostVdpa vring ops": ("vdpa", st.tuples(
+        st.sampled_from(["set_vring_num", "set_vring_base", "set_vring_enable"]),
+        small(), small()), _vdpa_vring),
+    "VhostVdpa.iotlb_update": ("vdpa", st.tuples(nasty(), nasty(), small(), small()),
+                               _vdpa_iotlb),
+    "VdpaAddressSpace.map": ("vdpa", st.tuples(st.one_of(st.none(), nasty()),
+                                               st.one_of(st.none(), small())), _vdpa_space_map),
+    "UioMemoryMap.read/write": ("uio", st.tuples(small(), st.one_of(st.sampled_from(
+        [1, 2, 4, 8]), small()), small(), nasty()), _uio_map),
+    "UioMsix vectors": ("uio", st.tuples(st.sampled_from(["enable", "set", "pending"]),
+                                         small(), small()), _uio_vector),
+}
+
+
+def _family_child(env: Any, func: Callable[..., Any], args: Tuple[Any, ...]) -> Dict[str, str]:
+    import warnings
+    warnings.simplefilter("ignore", ResourceWarning)
+    before = _snapshot(env.mock)
+    result = {"outcome": "ok", "detail": ""}
+    try:
+        func(env, *args)
+    except errors.PyvfioError as exc:
+        result = {"outcome": "library", "detail": type(exc).__name__}
+    except Exception as exc:                      # the bug this suite is for
+        result = {"outcome": "foreign",
+                  "detail": "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                  + " | " + traceback.format_exc().splitlines()[-3].strip()}
+    leaked = [x for x in _snapshot(env.mock) if x not in before]
+    if leaked and result["outcome"] != "foreign":
+        result = {"outcome": "leak", "detail": "; ".join(leaked)[:500]}
+    return result
+
+
+@pytest.fixture
+def family_mock(request, lab_target, tmp_path):
+    """The mock kernel with the family's devices (no kernel on the host has vDPA or uio_msi)."""
+    if lab_target.kind == "real":
+        pytest.skip("the family entry points are fuzzed against the mock kernel")
+    from pyvfio.core.sysfs import host, use_host
+    from pyvfio.mock import mock_kernel
+    family = request.param
+    if family == "uio":
+        from pyvfio.mock.uio import MsixModel
+        bdf = "0000:00:12.0"
+        kw = dict(devices=[MsixModel(bdf, group=7, vectors=4)], iommu="none", noiommu=True,
+                  uio={bdf: "uio_msi"})
+    else:
+        bdf, kw = None, {}
+    with mock_kernel(tmp_path, **kw) as mk, use_host(
+            mk.host if family == "vdpa" else host().with_roots(sysfs=mk.sysfs, dev=mk.devroot)):
+        yield SimpleNamespace(mock=mk, bdf=bdf)
+
+
+@pytest.mark.parametrize("name,family_mock",
+                         [pytest.param(n, f, id=n) for n, (f, _, _) in
+                          sorted(FAMILY_ENTRY_POINTS.items())], indirect=["family_mock"])
+def test_fuzz_family_entry_point(name, family_mock):
+    _, strategy, func = FAMILY_ENTRY_POINTS[name]
+    counts = REPORT.setdefault(f"{name} [mock]", {})
+    bad: List[str] = []
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(args=strategy)
+    def one(args):
+        out = run_in_child(family_mock, func, args, child=_family_child)
         counts[out["outcome"]] = counts.get(out["outcome"], 0) + 1
         if out["outcome"] not in ("ok", "library"):
             bad.append(f"{name}{args!r}: {out['outcome']}: {out['detail']}")
