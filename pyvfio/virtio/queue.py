@@ -126,6 +126,10 @@ class Virtqueue(Handle):
     """
 
     kind = "virtqueue"
+    #: The rings' places in :attr:`memory`: descriptor table, driver and device areas.
+    desc_area: Region
+    driver_area: Region
+    device_area: Region
 
     def __init__(self, memory: DeviceMemory, size: int, *, index: int = 0, features: int = 0,
                  max_size: int = MAX_QUEUE_SIZE, notify: Optional[Callable[[], None]] = None,
@@ -177,6 +181,11 @@ class Virtqueue(Handle):
                 remedy=f"use a size of at most {max_size}")
 
     def _layout(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def avail_idx(self) -> int:
+        """The driver's next avail index (what ``VHOST_SET_VRING_BASE`` resumes from)."""
         raise NotImplementedError
 
     def _release(self) -> None:
