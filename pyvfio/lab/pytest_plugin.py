@@ -160,6 +160,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lab-cpu", metavar="MODEL", default=None,
                     help="the guests' CPU model (e.g. max: AMD with SVM under TCG, so the "
                          "guests have /dev/kvm and the KVM tests run nested)")
+    parser.addini("lab_arch_skip", type="args", default=[],
+                  help="test paths or node ids the aarch64 and ppc64le guests leave out "
+                       "(families not ported to those guests yet)")
     parser.addini("lab_devices", type="args", default=["edu", "edu", "nvme", "e1000e", "igb"],
                   help="emulated PCI devices of the lab guests (igb only when QEMU has it)")
 
@@ -335,6 +338,9 @@ def _guest_command(config: pytest.Config, color: bool, arch: str = "x86_64") -> 
         cmd.append(f"-r{config.option.reportchars}")
     if config.option.maxfail:
         cmd.append(f"--maxfail={config.option.maxfail}")
+    if arch != "x86_64":
+        for item in config.getini("lab_arch_skip"):
+            cmd.append(f"--deselect={item}" if "::" in item else f"--ignore={item}")
     cmd += config.args
     return [shlex.quote(a) for a in cmd]
 
