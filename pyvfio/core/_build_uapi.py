@@ -330,7 +330,7 @@ class CdefWriter:
         from pycparser import CParser, c_ast
         found: Optional[Dict[str, object]] = None
         while True:
-            wanted = {}
+            wanted: Dict[str, Optional[str]] = {}
             for key, text in [*self.structs.items(), *self.synthetic.items(),
                               *self.typedefs.items()]:
                 for ref in re.findall(r"\b(?:struct|union) \w+", text):
@@ -362,7 +362,7 @@ class CdefWriter:
                 self.structs[key] = self._struct_body(t, key, key) + ";"
                 self.struct_family[key] = family
 
-    def _external_aggregates(self, t, found: Dict[str, object], a) -> None:
+    def _external_aggregates(self, t: Any, found: Dict[str, object], a: Any) -> None:
         while isinstance(t, (a.TypeDecl, a.PtrDecl, a.ArrayDecl)):
             t = t.type
         if isinstance(t, (a.Struct, a.Union)) and t.decls is not None:

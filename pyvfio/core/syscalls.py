@@ -118,9 +118,12 @@ class Kernel:
         """poll(2).  A ``select.poll`` object is only the array poll(2) gets, so the one
         built for a set of (fd, events) pairs is kept and reused by the same thread (a
         poll object must not be polled by two threads at once); at most 32 sets."""
+        key: Optional[Tuple[Tuple[int, int], ...]]
+        p: Optional[select.poll]
+        # the thread-local's own namespace, keyed by (fd, events) pair tuples
+        cache = cast(Dict[Tuple[Tuple[int, int], ...], select.poll], self._pollers.__dict__)
         try:
             key = fds if type(fds) is tuple else tuple(fds)
-            cache = self._pollers.__dict__
             p = cache.get(key)
         except TypeError:                     # unhashable pairs (lists): a one-off object
             key = p = None

@@ -68,8 +68,9 @@ class Edu:
         """``"little"`` or ``"big"``: the order in which the identification register
         reads 0xRRrr00ed (see the module's doc)."""
         ident = bar.read32(ID)
+        endian: str = bar.endian                            # the bar is any register window
         if ident & 0xFF == 0xED:
-            return bar.endian
+            return endian
         if ident >> 24 == 0xED:
             return mmio.BIG if bar.endian == mmio.LITTLE else mmio.LITTLE
         raise errors.NotFoundError(f"not an edu device (identification {ident:#010x})",

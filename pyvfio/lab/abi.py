@@ -19,7 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from pyvfio.lab import cross
 
@@ -81,7 +81,7 @@ json.dump(out, sys.stdout, sort_keys=True)
 """
 
 
-def includes_of(families: Dict[str, Sequence[str]]) -> str:
+def includes_of(families: Mapping[str, Sequence[str]]) -> str:
     return "".join(f"#include <{h}>\n" for hs in families.values() for h in hs)
 
 
@@ -147,7 +147,10 @@ def binding_layout(target: cross.Arch) -> Tuple[Layout, str]:
 def c_layout(target: cross.Arch, layout: Layout, workdir: Path) -> Layout:
     """What the C compiler of ``target`` says about the names in ``layout``."""
     names = [*layout.ioctls, *layout.constants]
-    fields = [tuple(k.rsplit(".", 1)) for k in layout.offsets]
+    fields: List[Tuple[str, str]] = []
+    for k in layout.offsets:                 # "struct name.field"
+        owner, field = k.rsplit(".", 1)
+        fields.append((owner, field))
     src = workdir / f"probe-{target.name}.c"
     src.write_text(probe_source(includes_of(layout.families), names, layout.sizes, fields))
     exe = workdir / f"probe-{target.name}"

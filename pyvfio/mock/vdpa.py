@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import struct
 from typing import Any, Dict, List, Optional, Tuple
@@ -502,7 +503,7 @@ class MockVdpa(Family):
         path = host.dev_path(node)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         open(path, "a").close()
-        self.kernel.add_node(path, lambda p, d=d: self._open(p, d))
+        self.kernel.add_node(path, functools.partial(self._open, d=d))
         self.devices[d.name] = d
 
     def _open(self, path: str, d: SimDevice) -> VhostVdpaFile:

@@ -265,7 +265,7 @@ class VhostFile(MockFile):
         if hdr.nregions > MAX_MEM_REGIONS:
             raise fail(errno.E2BIG)
         size = ffi.sizeof("struct vhost_memory_region")
-        regions = []
+        regions: List[Tuple[int, int, int]] = []
         for i in range(hdr.nregions):
             r = copy_from_user(addr + ffi.sizeof("struct vhost_memory") + i * size,
                                "struct vhost_memory_region")
@@ -523,6 +523,7 @@ class VhostNetFile(VhostFile):
     def _pop(self, vq: Vring) -> Any:
         if vq.index in self.stalled:
             return None
+        assert vq.device is not None         # popped only once the ring is set up
         try:
             return vq.device.pop()
         except OSError:

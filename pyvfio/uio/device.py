@@ -125,8 +125,12 @@ class UioInterrupt:
             n = self.pending()
             if n:
                 return n
-            fut = loop.create_future()
-            loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def wake(fut: asyncio.Future[None] = fut) -> None:
+                if not fut.done():
+                    fut.set_result(None)
+            loop.add_reader(fd, wake)
             try:
                 await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
@@ -349,8 +353,8 @@ class UioDevice(Handle):
         self.dma = None
         self._maps: Dict[int, UioMemoryMap] = {}
         self._ports: Dict[int, UioPortRegion] = {}
-        self._config = None
-        self._config_space = None
+        self._config: Optional[PciConfig] = None
+        self._config_space: Optional[SysfsConfigSpace] = None
         self._interrupt: Optional[UioInterrupt] = None
         self._msix: Optional[UioMsix] = None
         self._table_size: Optional[int] = None
@@ -358,7 +362,7 @@ class UioDevice(Handle):
         self._event_at_open = node.event
         self.fd = syscalls.open(node.dev_path, os.O_RDWR | os.O_NONBLOCK, device=self.name)
 
-    def _check_open(self) -> int:          # type: ignore[override]
+    def _check_open(self) -> int:
         super()._check_open()
         return self.fd
 
@@ -425,7 +429,7 @@ class UioDevice(Handle):
 
     # -- configuration space ----------------------------------------------------------------
     @property
-    def config(self) -> Any:
+    def config(self) -> PciConfig:
         """The parent PCI function's configuration space (sysfs ``config``)."""
         self._check_open()
         if self._config is None:

@@ -142,7 +142,7 @@ def check_not_open(name: str) -> None:
 
 def _holders(nodes: List[str]) -> List[int]:
     proc = host().proc_path()
-    out = []
+    out: List[int] = []
     try:
         pids = [p for p in os.listdir(proc) if p.isdigit()]
     except OSError:
@@ -530,7 +530,7 @@ class VhostVdpa(VhostBackend):
                 f"config access of {size} bytes at {offset} is outside the {total}-byte "
                 "config space", device=self.name)
 
-    def set_config_call(self, event: Union[EventFd, int, None] = None) -> EventFd:
+    def set_config_call(self, event: Union[EventFd, int, None] = None) -> Optional[EventFd]:
         """VHOST_VDPA_SET_CONFIG_CALL: an eventfd the device signals on config changes."""
         if event is None:
             if self.config_event is None:

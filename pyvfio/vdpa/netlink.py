@@ -356,7 +356,7 @@ class VdpaSocket(Handle):
         cls = _subclass(type(errors.from_errno(err)))
         exc = cls(text, errno=err, op=op, device=self.name, remedy=remedy)
         exc.extack = extack
-        return cast("PyvfioError", exc)
+        return cast(errors.PyvfioError, exc)      # the class is built at run time
 
 
 _SUBCLASSES: Dict[type, type] = {}

@@ -157,13 +157,15 @@ class VduseDevice(Handle):
 
     # -- the responder -------------------------------------------------------------------------
     def _serve(self) -> None:
+        stop = self._stop
+        assert stop is not None              # made before the thread starts
         try:
             while True:
-                fds = [(self.fd, select.POLLIN), (self._stop.fd, select.POLLIN)]
+                fds = [(self.fd, select.POLLIN), (stop.fd, select.POLLIN)]
                 fds += [(k.fd, select.POLLIN) for k in self._kicks if k is not None]
                 ready = syscalls.poll(fds, None)
                 fired = {fd for fd, _ in ready}
-                if self._stop.fd in fired:
+                if stop.fd in fired:
                     return
                 if self.fd in fired:
                     self._answer_requests()
@@ -396,7 +398,7 @@ class VduseDevice(Handle):
         super().close()
 
     def _release(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None and self._stop is not None:    # a thread implies _stop
             self._stop.signal(1)
             self._thread.join()
             self._thread = None
@@ -446,6 +448,7 @@ class VduseBlk(VduseDevice):
             self.backing_fd = syscalls.open(path, os.O_RDWR, device=f"vduse {name}")
             self.capacity = os.fstat(self.backing_fd).st_size // _SECTOR
         else:
+            assert size is not None          # exactly one of path and size (checked above)
             if size <= 0 or size % _SECTOR:
                 raise errors.InvalidArgumentError(f"size {size} is not a positive number of sectors")
             self.memory = syscalls.mmap(-1, size, flags=_mmap.MAP_SHARED | _mmap.MAP_ANONYMOUS,

@@ -90,7 +90,7 @@ class VhostBackend(Handle):
         self.queues: Dict[int, Virtqueue] = {}
         self.log: Optional["DirtyLog"] = None
         self.fd = self._open()
-        self._owner = False
+        self._is_owner = False
         if owner:
             try:
                 self.set_owner()
@@ -180,12 +180,12 @@ class VhostBackend(Handle):
         self._ioctl(lib.VHOST_SET_OWNER, remedy=(
             "this vhost fd already has an owner (one per open file): open the node again "
             "for another device"))
-        self._owner = True
+        self._is_owner = True
 
     def reset_owner(self) -> None:
         """VHOST_RESET_OWNER: drop the owner, rings, memory table and worker."""
         self._ioctl(lib.VHOST_RESET_OWNER)
-        self._owner = False
+        self._is_owner = False
         self.acked_features = None
         for q in self.queues.values():
             q.ready = False
@@ -288,8 +288,8 @@ class VhostBackend(Handle):
 
     def get_vring_endian(self, index: int) -> bool:
         """VHOST_GET_VRING_ENDIAN: whether vring ``index`` is big-endian."""
-        return self._vring_state(lib.VHOST_GET_VRING_ENDIAN, index, out=True) == \
-            lib.VHOST_VRING_BIG_ENDIAN
+        return bool(self._vring_state(lib.VHOST_GET_VRING_ENDIAN, index, out=True) ==
+                    lib.VHOST_VRING_BIG_ENDIAN)
 
     def set_vring_busyloop_timeout(self, index: int, usec: int) -> None:
         """VHOST_SET_VRING_BUSYLOOP_TIMEOUT: how long the worker polls before sleeping."""

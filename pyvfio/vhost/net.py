@@ -241,8 +241,9 @@ class VirtioNet:
                  indirect: bool = False, slot: int = 2048, path: Optional[str] = None) -> None:
         self.memory = DeviceMemory(name="vhost-net memory")
         self.vhost: Optional[VhostNet] = None
-        self.rxq: Optional[SplitQueue] = None
-        self.txq: Optional[SplitQueue] = None
+        # both exist once __init__ returns; close() copes with a failed construction
+        self.rxq: SplitQueue
+        self.txq: SplitQueue
         self.size = size
         self.slot = slot
         try:
@@ -359,7 +360,7 @@ class VirtioNet:
     def close(self) -> None:
         if self.vhost is not None:
             self.vhost.close()
-        for q in (self.rxq, self.txq):
+        for q in (getattr(self, "rxq", None), getattr(self, "txq", None)):
             if q is not None:
                 q.close()
         self.memory.close()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import struct
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from pyvfio import errors
 from pyvfio.core import syscalls
@@ -76,7 +76,7 @@ class VhostScsi(VhostBackend):
                                        "device", errno=exc.errno, op=exc.op, device=self.name,
                                        remedy="clear the endpoint there first") from None
             raise
-        self.endpoint = (wwpn, tpgt)
+        self.endpoint: Optional[Tuple[str, int]] = (wwpn, tpgt)
 
     def clear_endpoint(self, wwpn: str, tpgt: int) -> None:
         """VHOST_SCSI_CLEAR_ENDPOINT."""
@@ -129,7 +129,7 @@ class LioTarget:
         self.tpgt = tpgt
         self.size = size
         self.block_size = 512
-        self._undo: List[tuple] = []
+        self._undo: List[Tuple[str, ...]] = []     # (action, path[, value]) to undo, in order
         kind = "rd_mcp" if backstore == "ramdisk" else "fileio"
         self.hba_dir = os.path.join(self.root, "core", f"{kind}_{hba}")
         self.dev_dir = os.path.join(self.hba_dir, name)
@@ -287,7 +287,7 @@ class VirtioScsi:
     def inquiry(self) -> ScsiResult:
         return self.command(bytes([0x12, 0, 0, 0, 96, 0]), data_in=96)
 
-    def read_capacity16(self) -> tuple:
+    def read_capacity16(self) -> Tuple[int, int]:
         r = self.command(bytes([0x9E, 0x10]) + bytes(8) + struct.pack(">I", 32) + bytes(2),
                          data_in=32)
         last_lba, block = struct.unpack(">QI", r.data[:12])
@@ -303,9 +303,10 @@ class VirtioScsi:
 
     def close(self) -> None:
         if self.vhost is not None and not self.vhost.closed:
-            if getattr(self.vhost, "endpoint", None):
+            endpoint: Optional[Tuple[str, int]] = getattr(self.vhost, "endpoint", None)
+            if endpoint:
                 try:
-                    self.vhost.clear_endpoint(*self.vhost.endpoint)
+                    self.vhost.clear_endpoint(*endpoint)
                 except errors.PyvfioError:
                     pass
             self.vhost.close()

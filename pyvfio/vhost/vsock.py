@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno as _errno
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from pyvfio import errors
 from pyvfio.core.eventfd import check_timeout
@@ -202,8 +202,9 @@ class VsockDriver:
         self.buf_alloc = buf_alloc
         self.memory = DeviceMemory(name="vhost-vsock memory")
         self.vhost: Optional[VhostVsock] = None
-        self.rxq: Optional[SplitQueue] = None
-        self.txq: Optional[SplitQueue] = None
+        # both exist once __init__ returns; close() copes with a failed construction
+        self.rxq: SplitQueue
+        self.txq: SplitQueue
         self.conns: Dict[Tuple[int, int, int], VsockConnection] = {}
         self.listening: Set[int] = set()
         self.accepted: Deque[VsockConnection] = deque()
@@ -243,13 +244,14 @@ class VsockDriver:
             raise errors.TimedOutError(f"no {what} in time", device=self.name)
         return left
 
-    def _send(self, conn: VsockConnection, op: int, payload: bytes = b"", flags: int = 0) -> None:
+    def _send(self, conn: VsockConnection, op: int, payload: Union[bytes, memoryview] = b"",
+              flags: int = 0) -> None:
         self._send_raw(conn.local_port, conn.peer_cid, conn.peer_port, op, payload, flags,
                        conn.fwd_cnt)
         conn._fwd_told = conn.fwd_cnt
 
     def _send_raw(self, src_port: int, dst_cid: int, dst_port: int, op: int,
-                  payload: bytes = b"", flags: int = 0, fwd_cnt: int = 0) -> None:
+                  payload: Union[bytes, memoryview] = b"", flags: int = 0, fwd_cnt: int = 0) -> None:
         while not self._tx_free:
             self._reclaim()
             if not self._tx_free:
@@ -378,7 +380,7 @@ class VsockDriver:
             except errors.PyvfioError:
                 pass
             self.vhost.close()
-        for q in (self.rxq, self.txq):
+        for q in (getattr(self, "rxq", None), getattr(self, "txq", None)):
             if q is not None:
                 q.close()
         self.memory.close()

@@ -1,7 +1,7 @@
 """Names of virtio feature bits, from the binding's constants."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from pyvfio.core import uapi
 
@@ -21,7 +21,7 @@ def bits_of(device: str = "") -> Dict[int, List[str]]:
     """Feature bit number -> names, for the generic bits and those of ``device``."""
     if device in _cache:
         return _cache[device]
-    prefixes: Sequence[str] = _GENERIC + _BY_DEVICE.get(device, ())
+    prefixes: Tuple[str, ...] = _GENERIC + _BY_DEVICE.get(device, ())
     out: Dict[int, List[str]] = {}
     for name in uapi.CONSTANTS:
         if name.startswith(prefixes) and not name.endswith(("_MASK", "_SHIFT")):

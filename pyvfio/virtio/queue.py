@@ -50,7 +50,7 @@ from __future__ import annotations
 import struct
 import sys
 import time
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 from pyvfio import errors
 from pyvfio.core.eventfd import EventFd, check_timeout
@@ -76,7 +76,7 @@ _F_INDIRECT = lib.VRING_DESC_F_INDIRECT
 _U32_MAX = (1 << 32) - 1
 
 
-def _struct_of(ctype: str, fields: Sequence[tuple]) -> struct.Struct:
+def _struct_of(ctype: str, fields: Sequence[Tuple[str, str]]) -> struct.Struct:
     """A ``struct.Struct`` for ``ctype`` whose offsets and sizes are checked against the
     binding (the C compiler's layout), so the hot paths can pack whole entries at once."""
     fmt = "="
@@ -126,13 +126,18 @@ class Virtqueue(Handle):
     """
 
     kind = "virtqueue"
+    #: The rings' places in :attr:`memory`: descriptor table, driver and device areas.
+    desc_area: Region
+    driver_area: Region
+    device_area: Region
 
     def __init__(self, memory: DeviceMemory, size: int, *, index: int = 0, features: int = 0,
                  max_size: int = MAX_QUEUE_SIZE, notify: Optional[Callable[[], None]] = None,
                  max_indirect: int = 32, name: Optional[str] = None) -> None:
         self.name = name or f"{self.kind} {index}"
-        self.kick_event: Optional[EventFd] = None
-        self.call_event: Optional[EventFd] = None
+        # both exist once __init__ returns; _release copes with a failed construction
+        self.kick_event: EventFd
+        self.call_event: EventFd
         self._closed = False
         self._check_size(size, max_size)
         if sys.byteorder != "little" and _bit(features, lib.VIRTIO_F_VERSION_1):
@@ -178,8 +183,13 @@ class Virtqueue(Handle):
     def _layout(self) -> None:
         raise NotImplementedError
 
+    @property
+    def avail_idx(self) -> int:
+        """The driver's next avail index (what ``VHOST_SET_VRING_BASE`` resumes from)."""
+        raise NotImplementedError
+
     def _release(self) -> None:
-        for efd in (self.kick_event, self.call_event):
+        for efd in (getattr(self, "kick_event", None), getattr(self, "call_event", None)):
             if efd is not None:
                 efd.close()
 
@@ -309,7 +319,7 @@ class Virtqueue(Handle):
         self.interrupts += self.call_event.pending()
         return self.interrupts
 
-    def stats(self) -> dict:
+    def stats(self) -> Dict[str, int]:
         return {"kicks": self.kicks, "interrupts": self.interrupts, "completed": self.completed}
 
     # -- helpers --------------------------------------------------------------------------
@@ -372,7 +382,7 @@ class SplitQueue(Virtqueue):
         # never None: it defaults to the head), and the other descriptors of a direct
         # chain of more than one (a single descriptor, or an indirect table, has None).
         self._tokens: List[Any] = [None] * n
-        self._chain_ids: List[Optional[tuple]] = [None] * n
+        self._chain_ids: List[Optional[Tuple[int, ...]]] = [None] * n
         self._avail_idx = 0          # shadow of avail->idx
         self._kicked_idx = 0         # avail->idx at the last kick (EVENT_IDX "old")
         self._last_used = 0
@@ -383,7 +393,7 @@ class SplitQueue(Virtqueue):
             self._itable = m.alloc(n * self.max_indirect * 16, 16)
             self._iv = self._view(self._itable)
 
-    def _view(self, region: Region, fmt: str = "") -> memoryview:
+    def _view(self, region: Region, fmt: Literal["", "H"] = "") -> memoryview:
         base = region.buffer.view
         sub = base[region.offset:region.offset + region.size]
         self._views += [base, sub]
@@ -443,6 +453,7 @@ class SplitQueue(Virtqueue):
                     pack(self._iv, (base + i) * 16, addr, size, flag | _F_NEXT, i + 1)
                 else:
                     pack(self._iv, (base + i) * 16, addr, size, flag, 0)
+            assert self._itable is not None      # allocated when INDIRECT_DESC is negotiated
             pack(self._dv, head * 16, self._itable.addr + base * 16, n * 16, _F_INDIRECT, 0)
         else:
             if n > self.size:
@@ -496,7 +507,7 @@ class SplitQueue(Virtqueue):
             raise errors.PyvfioError(
                 f"device returned {count} buffers with {self._in_flight} in flight",
                 device=self.name, remedy="the device broke the ring protocol; reset it")
-        out = []
+        out: List[Used] = []
         append = out.append
         unpack = _unpack_used
         ub = self._ub
@@ -633,6 +644,7 @@ class PackedQueue(Virtqueue):
                 d.len = size
                 d.id = 0
                 d.flags = flag
+            assert self._itable is not None      # allocated when INDIRECT_DESC is negotiated
             entries = [(self._itable.addr + base * 16, n * 16, _F_INDIRECT)]
         else:
             entries = [(a, s, f | (_F_NEXT if i < n - 1 else 0)) for i, (a, s, f) in enumerate(parts)]
@@ -682,7 +694,7 @@ class PackedQueue(Virtqueue):
 
     def used(self, limit: int = 1 << 30) -> List[Used]:
         self._check_open()
-        out = []
+        out: List[Used] = []
         ring = self._ring
         avail_bit = 1 << lib.VRING_PACKED_DESC_F_AVAIL
         used_bit = 1 << lib.VRING_PACKED_DESC_F_USED

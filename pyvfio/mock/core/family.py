@@ -94,6 +94,10 @@ class KernelState(Protocol):
     def files(self) -> Iterable[MockFile]:
         """The mock files open now."""
 
+    def __getattr__(self, name: str) -> Any:
+        """Another family's instance, by its name (``kernel.process``, ``kernel.vfio``):
+        the families are plugins, so their types are not known at this layer."""
+
 
 class Family:
     """One kernel family in the mock.  Subclass, set ``name``, and :func:`register` it.

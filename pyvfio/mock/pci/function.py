@@ -68,6 +68,8 @@ class PciFunction:
     :meth:`mmio_read`/:meth:`mmio_write` and :meth:`reset_state`.
     """
 
+    #: DMA address width, for models that clamp it (declared only: others lack it)
+    dma_mask_bits: Optional[int]
     vendor_id = 0xFFFF
     device_id = 0xFFFF
     revision = 0

@@ -120,7 +120,8 @@ class SysfsTree(syscalls.Kernel):
         """``sys/bus/pci/drivers/<driver>``."""
         return self.sys / "bus/pci/drivers" / driver
 
-    def read(self, relpath: str) -> str:
+    # path-based helpers of the tree, not the descriptor-level read(2)/write(2) of Kernel
+    def read(self, relpath: str) -> str:  # type: ignore[override]
         """The text of a file, path relative to sys/."""
         return (self.sys / relpath).read_text()
 
@@ -272,7 +273,7 @@ class SysfsTree(syscalls.Kernel):
                 return 0, ""
         return 1, f"modprobe: FATAL: Module {module} not found"
 
-    def write(self, path: str, data: bytes) -> None:
+    def write(self, path: str, data: bytes) -> None:  # type: ignore[override]  # path-based, see read
         """pyvfio's sysfs write, answered as the kernel's store functions would."""
         given = os.path.abspath(path)
         real = os.path.realpath(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from pyvfio.core.uapi import ffi, lib
 from pyvfio.mock.core.family import Family, MockFile, register
@@ -20,6 +20,9 @@ from pyvfio.mock.vfio.pci import VfioPciDevice
 from pyvfio.mock.vfio.spapr import SpaprTceIommu
 from pyvfio.mock.vfio.sysfs import build
 from pyvfio.mock.vfio.type1 import Type1Iommu
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyvfio.mock.pci.function import HostFunction
 
 __all__ = ["Vfio", "Group", "Container", "ContainerFile", "GroupFile", "DeviceFile", "NoIommuDriver"]
 
