@@ -280,6 +280,10 @@ def test_kernel_fail_nth_vfio(lab_target, vfio_edu):
     the failure too; a child killed by a signal is reported with its k and
     the exploration goes on from k + 1.
     """
+    if os.environ.get("PYVFIO_KERNEL_FAILNTH") != "1":
+        pytest.skip("opt-in (PYVFIO_KERNEL_FAILNTH=1): on 6.12 an allocation failure absorbed "
+                    "while the device is enabled ends in an ACPI oops at close, and the killed "
+                    "task keeps the device, so vfio-pci blocks every later release of it")
     _kernel_fail_nth_ready(lab_target)
     import functools
     import json
