@@ -15,7 +15,9 @@ import pytest
 from pyvfio import errors
 from pyvfio.core import syscalls
 from pyvfio.core.iova import IovaAllocator
-from pyvfio.core.memory import DmaBuffer
+from pyvfio.core.memory import PAGE_SIZE, DmaBuffer
+
+P = PAGE_SIZE        # 4 KiB, or 64 KiB on POWER's 64K-page kernels
 
 pytestmark = pytest.mark.device
 
@@ -39,7 +41,7 @@ def _named(exc: BaseException, *words: str) -> None:
 
 @pytest.mark.parametrize("kw,cls,words", [
     ({"size": -4096}, errors.InvalidArgumentError, ["size", "-4096"]),
-    ({"offset": 8192}, errors.OutOfBoundsError, ["do not fit"]),
+    ({"offset": 2 * P}, errors.OutOfBoundsError, ["do not fit"]),
     ({"offset": -4096}, errors.InvalidArgumentError, ["offset"]),
     ({"size": 100}, errors.InvalidArgumentError, ["IOMMU page size", "remedy"]),
     ({"size": 0}, errors.InvalidArgumentError, ["size 0", "remedy"]),
@@ -53,7 +55,7 @@ def _named(exc: BaseException, *words: str) -> None:
 def test_dma_map_bad_arguments(dev, vfio_edu, kw, cls, words):
     if dev.dma is None:
         pytest.skip("no I/O address space without an IOMMU")
-    with DmaBuffer(8192) as buf:
+    with DmaBuffer(2 * P) as buf:
         with pytest.raises(cls) as ei:
             dev.dma.map(buf, **kw)
         _named(ei.value, dev.dma.name, *words)
@@ -98,7 +100,7 @@ def test_iova_allocator_bad_arguments():
     (lambda: DmaBuffer(0), errors.InvalidArgumentError, ["DMA buffer size"]),
     (lambda: DmaBuffer(4096.5), errors.ArgumentTypeError, ["DMA buffer size"]),
     (lambda: DmaBuffer(1, page_size=-4096), errors.InvalidArgumentError, ["page_size"]),
-    (lambda: DmaBuffer(1, page_size=8192), errors.InvalidArgumentError, ["hugetlb"]),
+    (lambda: DmaBuffer(1, page_size=2 * P), errors.InvalidArgumentError, ["hugetlb"]),
     (lambda: DmaBuffer(1, "bogus"), errors.InvalidArgumentError, ["kind"]),
 ])
 def test_dma_buffer_bad_arguments(call, cls, words):
@@ -110,20 +112,20 @@ def test_dma_buffer_bad_arguments(call, cls, words):
 
 
 def test_dma_buffer_bad_access():
-    with DmaBuffer(4096) as buf:
+    with DmaBuffer(P) as buf:
         buf.fill(0x5A)
         for bad in (256, -1, 1.0, True):
             with pytest.raises(errors.InvalidArgumentError) as ei:
                 buf.fill(bad)                          # type: ignore[arg-type]
             _named(ei.value, "fill byte")
         with pytest.raises(errors.OutOfBoundsError):
-            buf.read(4000, 200)
+            buf.read(P - 96, 200)
         with pytest.raises(errors.ArgumentTypeError):
             buf.read(0.5, 4)                           # type: ignore[arg-type]
         with pytest.raises(errors.ArgumentTypeError):
             buf.write(0, "text")                       # type: ignore[arg-type]
         with pytest.raises(errors.OutOfBoundsError):
-            buf[4096]
+            buf[P]
         with pytest.raises(errors.InvalidArgumentError):
             buf[0] = 300
         assert buf.read(0, 4) == b"\x5a" * 4           # nothing changed
@@ -255,7 +257,7 @@ def test_bus_address_in_every_mode(dev, vfio_edu):
     """One call gives where the device sees a buffer: IOVA (mapped on demand) or physical."""
     from pyvfio.drivers.edu import Edu
     edu = Edu(dev)
-    with DmaBuffer(8192) as buf:
+    with DmaBuffer(2 * P) as buf:
         buf.write(0, b"bus address!")
         addr = dev.bus_address(buf, 0)
         assert dev.bus_address(buf, 4096) == addr + 4096 if dev.dma is not None else True
@@ -267,7 +269,7 @@ def test_bus_address_in_every_mode(dev, vfio_edu):
         edu.to_device(addr, 12)
         edu.from_device(dev.bus_address(buf, 100), 12)
         assert buf.read(100, 12) == b"bus address!"
-        for bad, cls in ((8192, errors.OutOfBoundsError), (-1, errors.OutOfBoundsError),
+        for bad, cls in ((2 * P, errors.OutOfBoundsError), (-1, errors.OutOfBoundsError),
                          (1.0, errors.ArgumentTypeError)):
             with pytest.raises(cls):
                 dev.bus_address(buf, bad)                      # type: ignore[arg-type]
