@@ -148,7 +148,7 @@ def uapi_include(target: Arch, root: Path = Path("/")) -> Path:
 
 # --------------------------------------------------------------------------- foreign apt
 def _debian_mirror() -> str:
-    """The Debian archive the host's apt uses (``http://deb.debian.org/debian`` if unknown)."""
+    """The Debian archive the host's apt uses for bookworm."""
     texts = []
     for f in ["/etc/apt/sources.list", *glob.glob("/etc/apt/sources.list.d/*")]:
         try:
@@ -163,7 +163,9 @@ def _debian_mirror() -> str:
             suites = re.search(r"^Suites:\s*(.*)$", block, re.M)
             if uri and suites and "bookworm" in suites.group(1).split():
                 return uri.group(1).rstrip("/")
-    return "http://deb.debian.org/debian"
+    raise CrossError("no bookworm Debian archive in the host's apt sources",
+                     remedy="add the bookworm archive to /etc/apt/sources.list(.d), as the "
+                            "foreign userlands come from the same archive")
 
 
 _SUITES = {"bookworm": ("bookworm", "bookworm-updates", "bookworm-backports"),
