@@ -22,16 +22,6 @@ pytestmark = pytest.mark.device
 RAISES = 16
 
 
-@pytest.fixture
-def edu(vfio_edu):
-    before = syscalls.open_fds()
-    dev = vfio_edu.open()
-    try:
-        yield Edu(dev)
-    finally:
-        dev.close()
-    assert syscalls.open_fds() == before
-    assert syscalls.live_mappings() == []
 
 
 def _model(vfio_edu):

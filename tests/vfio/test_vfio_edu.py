@@ -18,17 +18,6 @@ from pyvfio.drivers.edu import DMA_BUFFER_SIZE, IRQ_DMA_DONE, Edu
 pytestmark = pytest.mark.device
 
 
-@pytest.fixture
-def edu(vfio_edu):
-    before = syscalls.open_fds()
-    dev = vfio_edu.open()
-    try:
-        yield Edu(dev)
-    finally:
-        dev.close()
-    # closing the device released every fd, mapping and eventfd it had
-    assert syscalls.open_fds() == before
-    assert syscalls.live_mappings() == []
 
 
 def test_identification_and_liveness(edu, vfio_edu):
